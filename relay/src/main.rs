@@ -1,0 +1,54 @@
+//! `vc-relay` binary: reads config, binds every listener, prints `listening <name> <addr>`
+//! lines and `ready` (the integration tests read them), runs until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use relay::RelayConfig;
+
+fn config_path() -> Result<Option<PathBuf>> {
+    let mut args = std::env::args().skip(1);
+    let mut path = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => path = Some(PathBuf::from(args.next().context("--config PATH")?)),
+            "--help" | "-h" => {
+                println!("usage: vc-relay [--config relay.toml]   (env overrides: VC_*)");
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    Ok(path)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config: RelayConfig = shared::config::load(config_path()?.as_deref())?;
+    let metrics = relay::admin::install_recorder();
+    let (admin, admin_addr) = relay::admin::bind(&config.admin_listen)
+        .await
+        .with_context(|| format!("bind admin {}", config.admin_listen))?;
+    println!("listening admin {admin_addr}");
+    tokio::spawn(relay::admin::serve(admin, metrics));
+    println!("ready");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

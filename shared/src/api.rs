@@ -1,0 +1,112 @@
+//! JSON types of the control API that other programs (camera, tests, benches) read or write.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Current version of the QR payload format (field `v`).
+pub const QR_PAYLOAD_VERSION: u8 = 1;
+
+/// What the onboarding QR code carries, as compact JSON. Documented in README.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QrPayload {
+    /// Format version, [`QR_PAYLOAD_VERSION`].
+    pub v: u8,
+    pub wifi_ssid: String,
+    /// Empty for an open network.
+    pub wifi_password: String,
+    /// Public base URL of `vc-control` the camera activates against.
+    pub server_url: String,
+    /// One-time device token.
+    pub device_token: String,
+    pub camera_model: String,
+    /// Token expiry, unix seconds.
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActivateRequest {
+    pub device_token: String,
+    pub device_uid: String,
+    pub camera_model: String,
+    #[serde(default)]
+    pub local_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActivateResponse {
+    pub device_id: Uuid,
+    pub device_secret: String,
+    pub signaling_url: String,
+    pub turn_uris: Vec<String>,
+}
+
+/// `POST /api/relay/ticket` body. A viewer sends a bearer JWT and `device_id`;
+/// a camera sends `device_id` + `device_secret` and no JWT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TicketRequest {
+    pub device_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TurnTicket {
+    pub username: String,
+    pub credential: String,
+    /// Seconds the credentials stay valid.
+    pub ttl: u64,
+    pub uris: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignalingTicket {
+    pub url: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TicketResponse {
+    pub turn: TurnTicket,
+    pub signaling: SignalingTicket,
+}
+
+/// Every API error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// `POST /api/internal/presence`: the relay tells the control plane which cameras came
+/// online or went offline. The body is signed: header [`PRESENCE_SIGNATURE_HEADER`] carries
+/// [`crate::ticket::TicketKey::sign_internal`] of the exact body bytes, and `sent_at` must be
+/// within a minute of the control plane's clock (replay window).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceReport {
+    /// Unix seconds when the relay sent the report.
+    pub sent_at: u64,
+    pub events: Vec<PresenceEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    pub device_id: Uuid,
+    pub online: bool,
+    /// Unix milliseconds when the relay saw the change.
+    pub at_ms: u64,
+}
+
+/// The control plane's answer to a presence report: devices it does not know (deleted),
+/// whose connections the relay should close.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceAck {
+    pub unknown_devices: Vec<Uuid>,
+}
+
+/// Header carrying the signature of an internal (relay -> control) request body.
+pub const PRESENCE_SIGNATURE_HEADER: &str = "x-vc-signature";

@@ -1,0 +1,148 @@
+//! Config loading shared by both daemons: serde defaults, then an optional TOML file,
+//! then environment overrides `VC_<KEY>` (nested keys: `VC_SECTION__KEY`).
+
+use std::path::Path;
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::Error;
+
+/// Loads `T` from its `Default`, the TOML file at `file` (if given; it must exist), and
+/// `VC_*` environment variables, later layers winning.
+pub fn load<T>(file: Option<&Path>) -> Result<T, Error>
+where
+    T: DeserializeOwned + Serialize + Default,
+{
+    load_with_env(file, "VC_")
+}
+
+/// Like [`load`] with another environment prefix (tests use a unique one).
+pub fn load_with_env<T>(file: Option<&Path>, env_prefix: &str) -> Result<T, Error>
+where
+    T: DeserializeOwned + Serialize + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(Error::Config(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment
+        .merge(Env::prefixed(env_prefix).split("__"))
+        .extract()
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Sample {
+        listen: String,
+        limits: Limits,
+    }
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Limits {
+        max: u32,
+    }
+    impl Default for Sample {
+        fn default() -> Self {
+            Self {
+                listen: "127.0.0.1:1".into(),
+                limits: Limits::default(),
+            }
+        }
+    }
+    impl Default for Limits {
+        fn default() -> Self {
+            Self { max: 7 }
+        }
+    }
+
+    #[test]
+    fn layers() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "listen = \"0.0.0.0:2\"\n[limits]\nmax = 9\n")?;
+            jail.set_env("VCT_LIMITS__MAX", "11");
+            let s: Sample = load_with_env(Some(Path::new("c.toml")), "VCT_").unwrap();
+            assert_eq!(s.listen, "0.0.0.0:2");
+            assert_eq!(s.limits.max, 11);
+            let d: Sample = load_with_env(None, "VCX_").unwrap();
+            assert_eq!(d, Sample::default());
+            assert!(load_with_env::<Sample>(Some(Path::new("missing.toml")), "VCX_").is_err());
+            Ok(())
+        });
+    }
+}
+
+/// Reads the secret stored at `path`, or creates it (256 random bits, base64url, mode 0600)
+/// when the file does not exist. Returns the secret and whether it was created, so the caller
+/// can log that it generated one. Used for the JWT and ticket secrets of an unconfigured
+/// install: a restart keeps them, so nobody is logged out.
+pub fn load_or_create_secret(path: &Path) -> Result<(crate::Secret, bool), Error> {
+    if let Some(secret) = read_secret(path)? {
+        return Ok((secret, false));
+    }
+    let mut raw = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| Error::Config("no system randomness".into()))?;
+    let value = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Config(format!("create {}: {e}", dir.display())))?;
+    }
+    write_private(path, &value)
+        .map_err(|e| Error::Config(format!("write {}: {e}", path.display())))?;
+    Ok((crate::Secret::new(value), true))
+}
+
+/// Reads a secret file (trimmed); `None` when it does not exist.
+pub fn read_secret(path: &Path) -> Result<Option<crate::Secret>, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(crate::Secret::new(s.trim()))),
+        Ok(_) => Err(Error::Config(format!("{} is empty", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Config(format!("read {}: {e}", path.display()))),
+    }
+}
+
+fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(value.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn secret_created_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("vc-secret-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("ticket.secret");
+        let (a, created) = load_or_create_secret(&path).unwrap();
+        assert!(created);
+        assert!(a.expose().len() >= 43);
+        let (b, created) = load_or_create_secret(&path).unwrap();
+        assert!(!created);
+        assert_eq!(a, b);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,141 @@
+//! Harness for the integration tests: start the real `vc-*` binaries on port 0 and learn
+//! their addresses from the lines they print.
+//!
+//! Contract with the binaries: on stdout each prints one line `listening <name> <addr>` per
+//! listener it bound (e.g. `listening http 127.0.0.1:40123`), then a line `ready`.
+//! Binaries are looked up in the cargo target dir next to this test executable, so
+//! `cargo build --workspace --bins` must have run first (README's test command does).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Path of a workspace binary built into the same target dir as the running test.
+pub fn binary(name: &str) -> PathBuf {
+    // The test executable lives in target/<profile>/deps/; binaries in target/<profile>/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A running binary; killed when dropped.
+pub struct Running {
+    pub child: Child,
+    /// Listener name -> address, from the `listening` lines.
+    pub addrs: HashMap<String, String>,
+    /// What the process printed after `ready` is kept flowing to the test's stderr.
+    pub name: String,
+}
+
+impl Running {
+    pub fn addr(&self, listener: &str) -> &str {
+        self.addrs
+            .get(listener)
+            .unwrap_or_else(|| panic!("{} has no listener {listener}: {:?}", self.name, self.addrs))
+    }
+
+    /// `http://<addr>` of a listener.
+    pub fn url(&self, listener: &str) -> String {
+        format!("http://{}", self.addr(listener))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??)
+    }
+}
+
+/// Starts `name` with `args` and `env`, waits (up to 30 s) for `ready`.
+pub async fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Running> {
+    let mut cmd = Command::new(binary(name));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    // Tests must not pick up the developer's environment overrides.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("VC_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().with_context(|| format!("spawn {name}"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut addrs = HashMap::new();
+    let wait = async {
+        while let Some(line) = lines.next_line().await? {
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("listening"), Some(listener), Some(addr)) => {
+                    addrs.insert(listener.to_owned(), addr.to_owned());
+                }
+                (Some("ready"), None, None) => return Ok(true),
+                _ => eprintln!("[{name}] {line}"),
+            }
+        }
+        Ok::<_, anyhow::Error>(false)
+    };
+    match tokio::time::timeout(Duration::from_secs(30), wait).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => bail!("{name} exited before printing `ready`"),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => bail!("{name} did not print `ready` within 30 s"),
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    let tag = name.to_owned();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("[{tag}] {line}");
+        }
+    });
+    Ok(Running {
+        child,
+        addrs,
+        name: name.to_owned(),
+    })
+}
+
+/// A fresh Postgres database for one test, dropped by nobody: names are unique and the
+/// CI machine is thrown away. `VC_TEST_PG` overrides the server URL
+/// (default `postgres://postgres@127.0.0.1:5432`).
+pub async fn fresh_postgres_url() -> Result<String> {
+    let server = std::env::var("VC_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let db = format!("vc_test_{}", uuid::Uuid::new_v4().simple());
+    let status = Command::new("psql")
+        .arg(format!("{server}/postgres"))
+        .arg("-qc")
+        .arg(format!("CREATE DATABASE {db}"))
+        .status()
+        .await
+        .context("run psql")?;
+    if !status.success() {
+        bail!("CREATE DATABASE {db} failed (is Postgres up on {server}?)");
+    }
+    Ok(format!("{server}/{db}"))
+}
