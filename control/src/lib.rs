@@ -1,0 +1,107 @@
+//! vc-control: the control plane of VisionConnect. Accounts, camera models, QR onboarding,
+//! camera activation, devices, relay tickets and the relay's presence reports, over
+//! HTTP/JSON (warp) on SQLite or Postgres (sqlx).
+//!
+//! [`run`] serves on a listener the caller bound, so `main` and in-process tests share it.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod qr;
+pub mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::ticket::TicketKey;
+use shared::Secret;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+pub use config::Config;
+pub use error::{ApiError, StartError};
+
+/// Everything a request handler needs, shared read-mostly between requests.
+pub struct App {
+    pub config: Config,
+    pub db: db::Db,
+    pub jwt: auth::Jwt,
+    pub passwords: auth::Passwords,
+    pub tickets: TicketKey,
+    pub login_limiter: auth::LoginLimiter,
+    /// Device ids as they activate, to wake check-status long polls.
+    pub activations: broadcast::Sender<Uuid>,
+    pub rng: ring::rand::SystemRandom,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl App {
+    /// Opens and migrates the database and loads (or generates) the secrets.
+    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        let jwt_secret = secret_or_generate(&config.jwt_secret, &config, "jwt.secret")?;
+        let ticket_secret = secret_or_generate(&config.ticket_secret, &config, "ticket.secret")?;
+        let db = db::Db::connect(&config.database_url, config.db_max_connections).await?;
+        let (activations, _) = broadcast::channel(1024);
+        Ok(Arc::new(Self {
+            jwt: auth::Jwt::new(&jwt_secret, config.jwt_ttl_secs),
+            passwords: auth::Passwords::new(&config.argon2)?,
+            tickets: TicketKey::new(&ticket_secret),
+            login_limiter: auth::LoginLimiter::new(
+                config.login_max_failures,
+                Duration::from_secs(config.login_window_secs),
+            ),
+            activations,
+            rng: ring::rand::SystemRandom::new(),
+            metrics: routes::health::metrics_handle(),
+            db,
+            config,
+        }))
+    }
+}
+
+/// The configured secret, or the one kept in `data_dir/<file>` (created on first start).
+fn secret_or_generate(
+    configured: &Secret,
+    config: &Config,
+    file: &str,
+) -> Result<Secret, StartError> {
+    if !configured.is_empty() {
+        return Ok(configured.clone());
+    }
+    let path = config.data_dir.join(file);
+    let (secret, created) = shared::config::load_or_create_secret(&path)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    if created {
+        tracing::warn!(path = %path.display(), "no {file} configured: generated a new one and stored it");
+    } else {
+        tracing::info!(path = %path.display(), "using stored {file}");
+    }
+    Ok(secret)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let app = App::new(config).await?;
+    serve(listener, app, shutdown).await;
+    Ok(())
+}
+
+/// Serves an already built [`App`] (lets callers learn the app before serving).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes::all(app))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}

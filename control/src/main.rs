@@ -1,1 +1,74 @@
-fn main() {}
+//! `vc-control [--config FILE]`: reads config, binds, prints `listening http <addr>` and
+//! `ready` on stdout (logs go to stderr), serves until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+
+    let mut args = std::env::args().skip(1);
+    let mut config_file: Option<PathBuf> = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => {
+                config_file = Some(args.next().context("--config needs a path")?.into())
+            }
+            "--help" | "-h" => {
+                println!("usage: vc-control [--config FILE]   (env overrides: VC_<KEY>, VC_<SECTION>__<KEY>)");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    let config: control::Config =
+        shared::config::load(config_file.as_deref()).context("loading configuration")?;
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let app = control::App::new(config).await.context("starting")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening http {addr}")?;
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, "vc-control serving");
+    control::serve(listener, app, shutdown_signal()).await;
+    tracing::info!("vc-control stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

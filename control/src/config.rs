@@ -1,0 +1,131 @@
+//! vc-control's configuration: one serde struct with defaults, loaded by
+//! [`shared::config::load`] from an optional TOML file and `VC_*` environment overrides
+//! (`VC_DEVICE_TOKEN_TTL_SECS=60`, `VC_RELAY__SIGNALING_URL=...`, `VC_ARGON2__MEMORY_KIB=...`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use shared::Secret;
+
+/// Everything vc-control can be told. Every limit and TTL of the API is a named setting here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address of the HTTP listener (port 0 picks a free port).
+    pub listen: String,
+    /// `sqlite://path?mode=rwc` (default) or `postgres://...`.
+    pub database_url: String,
+    /// Where generated secrets (and the default SQLite file) live.
+    pub data_dir: PathBuf,
+    /// Public base URL of this server, written into onboarding QR codes.
+    pub server_url: String,
+    /// HS256 key of login JWTs; generated into `data_dir/jwt.secret` when empty.
+    pub jwt_secret: Secret,
+    /// Key of relay tickets, shared with vc-relay; generated into `data_dir/ticket.secret` when empty.
+    pub ticket_secret: Secret,
+    /// Lifetime of a login JWT, seconds.
+    pub jwt_ttl_secs: u64,
+    /// Lifetime of a one-time device token (and its QR code), seconds.
+    pub device_token_ttl_secs: u64,
+    /// Lifetime of relay tickets (TURN credentials and signaling tokens), seconds.
+    pub ticket_ttl_secs: u64,
+    /// Failed logins allowed per email + client IP within `login_window_secs` before 429.
+    pub login_max_failures: u32,
+    /// Window of the failed-login limit, seconds.
+    pub login_window_secs: u64,
+    /// Largest accepted request body, bytes (larger -> 413).
+    pub max_body_bytes: usize,
+    /// Minimum password length at registration.
+    pub password_min_len: usize,
+    /// Upper bound of `?wait=` on check-status, seconds.
+    pub check_status_max_wait_secs: u64,
+    /// How far a presence report's `sent_at` may lie from our clock, seconds (replay window).
+    pub presence_max_skew_secs: u64,
+    /// Database pool size.
+    pub db_max_connections: u32,
+    pub relay: RelayConfig,
+    pub argon2: Argon2Config,
+}
+
+/// Where cameras and viewers find vc-relay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RelayConfig {
+    /// WebSocket signaling URL handed out with tickets and activation.
+    pub signaling_url: String,
+    /// TURN URIs handed out with tickets and activation.
+    pub turn_uris: Vec<String>,
+}
+
+/// Cost of the argon2id password hash. The defaults are OWASP's recommendation
+/// (19 MiB, 2 passes, 1 lane); the integration tests lower them to stay fast.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Argon2Config {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8000".into(),
+            database_url: "sqlite://data/visionconnect.db?mode=rwc".into(),
+            data_dir: PathBuf::from("data"),
+            server_url: "http://127.0.0.1:8000".into(),
+            jwt_secret: Secret::default(),
+            ticket_secret: Secret::default(),
+            jwt_ttl_secs: 24 * 3600,
+            device_token_ttl_secs: 600,
+            ticket_ttl_secs: 600,
+            login_max_failures: 10,
+            login_window_secs: 60,
+            max_body_bytes: 64 * 1024,
+            password_min_len: 8,
+            check_status_max_wait_secs: 60,
+            presence_max_skew_secs: 60,
+            db_max_connections: 16,
+            relay: RelayConfig::default(),
+            argon2: Argon2Config::default(),
+        }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            signaling_url: "ws://127.0.0.1:8443/ws".into(),
+            turn_uris: vec![
+                "turn:127.0.0.1:3478?transport=udp".into(),
+                "turn:127.0.0.1:3478?transport=tcp".into(),
+            ],
+        }
+    }
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_secrets_do_not_print() {
+        let c: Config = shared::config::load_with_env(None, "VC_CONTROL_UNIT_TEST_").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8000");
+        assert_eq!(c.device_token_ttl_secs, 600);
+        assert_eq!(c.max_body_bytes, 65536);
+        let mut c = c;
+        c.jwt_secret = Secret::new("hunter2hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

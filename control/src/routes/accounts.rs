@@ -1,0 +1,164 @@
+//! `POST /api/register`, `POST /api/login`.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Filter;
+
+use super::{
+    body, client_ip, instrument, json_response, now_secs, parse_json, respond, rfc3339, with_ctx,
+    Ctx,
+};
+use crate::db::is_unique_violation;
+use crate::domain::{Email, Password};
+use crate::error::ApiError;
+
+/// Registration and login body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Credentials {
+    pub email: String,
+    /// At least `password_min_len` (8) characters.
+    pub password: String,
+}
+
+/// A registered account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Account {
+    pub id: Uuid,
+    pub email: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A login JWT.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+}
+
+pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
+    let limit = ctx.config.max_body_bytes;
+    let register = warp::path!("api" / "register")
+        .and(warp::post())
+        .and(with_ctx(ctx))
+        .and(body(limit))
+        .then(|ctx: Ctx, body| async move { respond(register(ctx, body).await) });
+    let login = warp::path!("api" / "login")
+        .and(warp::post())
+        .and(with_ctx(ctx))
+        .and(client_ip())
+        .and(body(limit))
+        .then(|ctx: Ctx, ip, body| async move { respond(login(ctx, ip, body).await) });
+    instrument("/api/register", register)
+        .or(instrument("/api/login", login))
+        .unify()
+        .boxed()
+}
+
+/// Creates an account.
+#[utoipa::path(post, path = "/api/register", tag = "accounts", request_body = Credentials,
+    responses(
+        (status = 201, description = "Account created", body = Account),
+        (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
+        (status = 409, description = "Email already registered (`email_taken`)", body = super::docs::ErrorBodyDoc),
+        (status = 422, description = "Invalid email or password too short", body = super::docs::ErrorBodyDoc),
+    ))]
+pub async fn register(ctx: Ctx, body: Result<Bytes, ApiError>) -> Result<Response, ApiError> {
+    let req: Credentials = parse_json(&body?)?;
+    let email = Email::parse(&req.email)?;
+    let password = Password::parse(req.password, ctx.config.password_min_len)?;
+    let hash = ctx.passwords.hash(password.expose().to_owned()).await?;
+    let id = Uuid::new_v4();
+    let now = now_secs();
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id.to_string())
+    .bind(email.as_str())
+    .bind(hash)
+    .bind(now)
+    .execute(&ctx.db.pool)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {
+            return Err(ApiError::conflict(
+                "email_taken",
+                "email is already registered",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    metrics::counter!("registrations_total").increment(1);
+    Ok(json_response(
+        StatusCode::CREATED,
+        &Account {
+            id,
+            email: email.as_str().to_owned(),
+            created_at: rfc3339(now),
+        },
+    ))
+}
+
+/// Exchanges email and password for a JWT.
+#[utoipa::path(post, path = "/api/login", tag = "accounts", request_body = Credentials,
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
+        (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = super::docs::ErrorBodyDoc),
+        (status = 429, description = "Too many failed logins for this email from this IP; see Retry-After", body = super::docs::ErrorBodyDoc),
+    ))]
+pub async fn login(
+    ctx: Ctx,
+    ip: IpAddr,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
+    let req: Credentials = parse_json(&body?)?;
+    let invalid = || ApiError::unauthorized("invalid_credentials", "wrong email or password");
+    // A malformed email cannot belong to an account: same answer as a wrong one.
+    let email = Email::parse(&req.email)
+        .map(|e| e.as_str().to_owned())
+        .unwrap_or_else(|_| req.email.trim().to_lowercase());
+    ctx.login_limiter.check(&email, ip, Instant::now())?;
+    let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(&ctx.db.pool)
+        .await?;
+    let (user, stored) = match row {
+        Some(row) => (
+            Some(row.try_get::<String, _>("id")?),
+            Some(row.try_get::<String, _>("password_hash")?),
+        ),
+        None => (None, None),
+    };
+    let ok = ctx.passwords.verify(req.password, stored).await?;
+    let user = match (ok, user) {
+        (true, Some(id)) => Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.to_string()))?,
+        _ => {
+            ctx.login_limiter.record_failure(&email, ip, Instant::now());
+            metrics::counter!("logins_failed_total").increment(1);
+            return Err(invalid());
+        }
+    };
+    let token = ctx.jwt.issue(user, shared::ticket::unix_now())?;
+    Ok(json_response(
+        StatusCode::OK,
+        &LoginResponse {
+            access_token: token,
+            token_type: "bearer".into(),
+            expires_in: ctx.jwt.ttl(),
+        },
+    ))
+}

@@ -1,0 +1,287 @@
+//! `POST /api/camera/activate` (called by the camera) and
+//! `GET /api/camera/check-status/{device_token}` (the app waiting for it).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use shared::api::{ActivateRequest, ActivateResponse};
+use sqlx::Row;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::ToSchema;
+use uuid::Uuid;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Filter;
+
+use super::{
+    authorization, body, instrument, json_response, now_secs, parse_json, respond, with_ctx, Ctx,
+};
+use crate::db::is_unique_violation;
+use crate::domain::{DeviceSecret, DeviceToken, DeviceUid};
+use crate::error::ApiError;
+
+/// How often a long poll re-reads the database even without a wake-up, so an activation
+/// handled by another vc-control instance (shared Postgres) is noticed too.
+const LONG_POLL_RECHECK: Duration = Duration::from_secs(2);
+
+/// Whether the camera behind a device token has activated.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckStatus {
+    pub activated: bool,
+    /// `pending`, `offline` or `online`.
+    pub status: String,
+    pub device_id: Uuid,
+}
+
+pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
+    let activate = warp::path!("api" / "camera" / "activate")
+        .and(warp::post())
+        .and(with_ctx(ctx))
+        .and(body(ctx.config.max_body_bytes))
+        .then(|ctx: Ctx, body| async move { respond(activate(ctx, body).await) });
+    let check = warp::path!("api" / "camera" / "check-status" / String)
+        .and(warp::get())
+        .and(with_ctx(ctx))
+        .and(authorization())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .then(
+            |token: String, ctx: Ctx, auth: Option<String>, query: String| async move {
+                respond(check_status(ctx, auth, token, query).await)
+            },
+        );
+    instrument("/api/camera/activate", activate)
+        .or(instrument("/api/camera/check-status/{device_token}", check))
+        .unify()
+        .boxed()
+}
+
+/// Activates a camera with the one-time token from its QR code.
+///
+/// A retry from the same camera (same token and `device_uid`) before the token expires
+/// succeeds again with the same `device_id` and a new secret replacing the old one. If the
+/// same owner had registered this camera before, that older registration is replaced.
+#[utoipa::path(post, path = "/api/camera/activate", tag = "onboarding",
+    request_body = super::docs::ActivateRequestDoc,
+    responses(
+        (status = 200, description = "Activated; keep device_secret", body = super::docs::ActivateResponseDoc),
+        (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
+        (status = 404, description = "Unknown token (`unknown_token`)", body = super::docs::ErrorBodyDoc),
+        (status = 409, description = "`model_mismatch`, or `device_uid_conflict` (camera registered to another account)", body = super::docs::ErrorBodyDoc),
+        (status = 410, description = "`token_expired`, or `token_used` by another camera", body = super::docs::ErrorBodyDoc),
+        (status = 422, description = "Invalid device_uid or local_ip", body = super::docs::ErrorBodyDoc),
+    ))]
+pub async fn activate(ctx: Ctx, body: Result<Bytes, ApiError>) -> Result<Response, ApiError> {
+    let outcome = activate_inner(&ctx, body).await;
+    let label = match &outcome {
+        Ok(_) => "activated",
+        Err(e) => e.code(),
+    };
+    metrics::counter!("activations_total", "outcome" => label).increment(1);
+    outcome
+}
+
+async fn activate_inner(ctx: &Ctx, body: Result<Bytes, ApiError>) -> Result<Response, ApiError> {
+    let req: ActivateRequest = parse_json(&body?)?;
+    let token = DeviceToken::parse(&req.device_token).ok_or_else(unknown_token)?;
+    let uid = DeviceUid::parse(&req.device_uid)?;
+    let local_ip = match req
+        .local_ip
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        Some(ip) => Some(
+            ip.parse::<std::net::IpAddr>()
+                .map_err(|_| {
+                    ApiError::validation("invalid_local_ip", "local_ip is not an IP address")
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let secret = DeviceSecret::generate(&ctx.rng)?;
+    let token_hash = token.hash();
+    let now = now_secs();
+
+    let mut tx = ctx.db.begin_write().await?;
+    // The same owner re-onboarding a camera (after a reset) replaces its old registration.
+    // First statement writes, so SQLite's write lock is held from the start.
+    sqlx::query(
+        "DELETE FROM devices WHERE device_uid = $1 AND token_hash <> $2 \
+         AND owner_id = (SELECT owner_id FROM devices WHERE token_hash = $2)",
+    )
+    .bind(uid.as_str())
+    .bind(&token_hash)
+    .execute(&mut *tx)
+    .await?;
+    let updated = sqlx::query(
+        "UPDATE devices SET device_uid = $1, secret_hash = $2, local_ip = $3, \
+         status = CASE WHEN status = 'pending' THEN 'offline' ELSE status END, \
+         activated_at = COALESCE(activated_at, $4) \
+         WHERE token_hash = $5 AND token_expires_at > $4 AND camera_model = $6 \
+         AND (device_uid IS NULL OR device_uid = $1) RETURNING id",
+    )
+    .bind(uid.as_str())
+    .bind(secret.hash())
+    .bind(local_ip)
+    .bind(now)
+    .bind(&token_hash)
+    .bind(&req.camera_model)
+    .fetch_optional(&mut *tx)
+    .await;
+    let row = match updated {
+        Ok(row) => row,
+        Err(e) if is_unique_violation(&e) => {
+            return Err(ApiError::conflict(
+                "device_uid_conflict",
+                "this camera is registered to another account",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Err(classify_failure(ctx, &token_hash, uid.as_str(), &req.camera_model, now).await);
+    };
+    let id: String = row.try_get("id")?;
+    tx.commit().await?;
+    let device_id = Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Nobody waiting is fine.
+    let _ = ctx.activations.send(device_id);
+    Ok(json_response(
+        StatusCode::OK,
+        &ActivateResponse {
+            device_id,
+            device_secret: secret.into_inner(),
+            signaling_url: ctx.config.relay.signaling_url.clone(),
+            turn_uris: ctx.config.relay.turn_uris.clone(),
+        },
+    ))
+}
+
+fn unknown_token() -> ApiError {
+    ApiError::NotFound("device token")
+}
+
+/// Why the activation update matched no row.
+async fn classify_failure(
+    ctx: &Ctx,
+    token_hash: &str,
+    uid: &str,
+    model: &str,
+    now: i64,
+) -> ApiError {
+    let row = sqlx::query(
+        "SELECT token_expires_at, camera_model, device_uid FROM devices WHERE token_hash = $1",
+    )
+    .bind(token_hash)
+    .fetch_optional(&ctx.db.pool)
+    .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) => return unknown_token(),
+        Err(e) => return e.into(),
+    };
+    let expires: i64 = row.try_get("token_expires_at").unwrap_or(0);
+    let stored_model: String = row.try_get("camera_model").unwrap_or_default();
+    let stored_uid: Option<String> = row.try_get("device_uid").unwrap_or(None);
+    if expires <= now {
+        ApiError::gone("token_expired", "device token expired")
+    } else if stored_uid.as_deref().is_some_and(|u| u != uid) {
+        ApiError::gone(
+            "token_used",
+            "device token was already used by another camera",
+        )
+    } else if stored_model != model {
+        ApiError::conflict(
+            "model_mismatch",
+            "camera_model does not match the onboarded model",
+        )
+    } else {
+        // Lost a race with a concurrent activation by another camera.
+        ApiError::gone(
+            "token_used",
+            "device token was already used by another camera",
+        )
+    }
+}
+
+/// Reports whether the camera activated; `?wait=N` long-polls up to N seconds.
+#[utoipa::path(get, path = "/api/camera/check-status/{device_token}", tag = "onboarding",
+    security(("bearer" = [])),
+    params(
+        ("device_token" = String, Path, description = "The token from onboarding"),
+        ("wait" = Option<u64>, Query, description = "Long-poll up to this many seconds (capped by check_status_max_wait_secs)"),
+    ),
+    responses(
+        (status = 200, description = "Status", body = CheckStatus),
+        (status = 400, description = "Bad `wait`", body = super::docs::ErrorBodyDoc),
+        (status = 401, description = "Missing or invalid JWT", body = super::docs::ErrorBodyDoc),
+        (status = 404, description = "No such token for this user", body = super::docs::ErrorBodyDoc),
+    ))]
+pub async fn check_status(
+    ctx: Ctx,
+    auth: Option<String>,
+    token: String,
+    query: String,
+) -> Result<Response, ApiError> {
+    let user = ctx.jwt.user_from_header(auth.as_deref())?;
+    let mut wait = 0u64;
+    for (key, value) in form_pairs(&query) {
+        if key == "wait" {
+            wait = value.parse::<u64>().map_err(|_| {
+                ApiError::bad_request("invalid_wait", "wait must be a whole number of seconds")
+            })?;
+        }
+    }
+    let wait = Duration::from_secs(wait.min(ctx.config.check_status_max_wait_secs));
+    let token = DeviceToken::parse(&token).ok_or_else(unknown_token)?;
+    let token_hash = token.hash();
+    // Subscribe before the first read so an activation in between is not missed.
+    let mut wakeups = ctx.activations.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let status = read_status(&ctx, &token_hash, user).await?;
+        if status.activated || tokio::time::Instant::now() >= deadline {
+            return Ok(json_response(StatusCode::OK, &status));
+        }
+        let recheck = (tokio::time::Instant::now() + LONG_POLL_RECHECK).min(deadline);
+        loop {
+            match tokio::time::timeout_at(recheck, wakeups.recv()).await {
+                Ok(Ok(id)) if id == status.device_id => break,
+                Ok(Ok(_)) => continue,
+                Ok(Err(RecvError::Lagged(_))) | Err(_) => break,
+                Ok(Err(RecvError::Closed)) => {
+                    tokio::time::sleep_until(recheck).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn read_status(ctx: &Ctx, token_hash: &str, user: Uuid) -> Result<CheckStatus, ApiError> {
+    let row = sqlx::query("SELECT id, status FROM devices WHERE token_hash = $1 AND owner_id = $2")
+        .bind(token_hash)
+        .bind(user.to_string())
+        .fetch_optional(&ctx.db.pool)
+        .await?
+        .ok_or_else(unknown_token)?;
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    Ok(CheckStatus {
+        activated: status != "pending",
+        status,
+        device_id: Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.to_string()))?,
+    })
+}
+
+/// `a=1&b=2` -> pairs (no percent-decoding needed for the numeric parameters used here).
+fn form_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}

@@ -1,0 +1,199 @@
+//! `GET /api/camera/models`, `POST /api/camera/onboard`.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use shared::api::{QrPayload, QR_PAYLOAD_VERSION};
+use sqlx::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Filter;
+
+use super::{
+    authorization, body, instrument, json_response, now_secs, parse_json, respond, rfc3339,
+    with_ctx, Ctx,
+};
+use crate::db::is_foreign_key_violation;
+use crate::domain::{DeviceName, DeviceToken, WifiPassword, WifiSsid};
+use crate::error::ApiError;
+
+/// A supported camera model.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CameraModel {
+    /// Stable code, e.g. `CP_PLUS_WIFI_V2`.
+    pub code: String,
+    pub display_name: String,
+    pub capabilities: Capabilities,
+}
+
+/// What a camera model can do.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Capabilities {
+    pub audio: bool,
+    pub ptz: bool,
+    pub night_vision: bool,
+    /// `WIDTHxHEIGHT`.
+    pub max_resolution: String,
+}
+
+/// Onboarding request. The Wi-Fi password goes into the QR code only; it is never stored.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct OnboardRequest {
+    pub camera_model: String,
+    /// 1-32 bytes.
+    pub wifi_ssid: String,
+    /// 8-63 characters, or empty for an open network.
+    #[serde(default)]
+    pub wifi_password: String,
+    /// 1-64 characters; defaults to the model's display name.
+    #[serde(default)]
+    pub device_name: Option<String>,
+}
+
+/// A pending camera and the QR code that activates it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OnboardResponse {
+    pub device_id: Uuid,
+    /// One-time token (256 random bits, base64url), also inside the QR code.
+    pub device_token: String,
+    /// RFC 3339 expiry of the token.
+    pub expires_at: String,
+    /// The exact compact JSON the QR code encodes (see README "QR payload").
+    pub qr_payload: String,
+    /// `data:image/png;base64,...`
+    pub qr_code: String,
+    /// The same code as an SVG document.
+    pub qr_svg: String,
+}
+
+pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
+    let models = warp::path!("api" / "camera" / "models")
+        .and(warp::get())
+        .and(with_ctx(ctx))
+        .then(|ctx: Ctx| async move { respond(models(ctx).await) });
+    let onboard = warp::path!("api" / "camera" / "onboard")
+        .and(warp::post())
+        .and(with_ctx(ctx))
+        .and(authorization())
+        .and(body(ctx.config.max_body_bytes))
+        .then(|ctx: Ctx, auth: Option<String>, body| async move {
+            respond(onboard(ctx, auth, body).await)
+        });
+    instrument("/api/camera/models", models)
+        .or(instrument("/api/camera/onboard", onboard))
+        .unify()
+        .boxed()
+}
+
+/// Lists the supported camera models.
+#[utoipa::path(get, path = "/api/camera/models", tag = "onboarding",
+    responses((status = 200, description = "Camera models", body = Vec<CameraModel>)))]
+pub async fn models(ctx: Ctx) -> Result<Response, ApiError> {
+    let rows = sqlx::query(
+        "SELECT code, display_name, audio, ptz, night_vision, max_resolution \
+         FROM camera_models ORDER BY sort_order, code",
+    )
+    .fetch_all(&ctx.db.pool)
+    .await?;
+    let models = rows
+        .iter()
+        .map(|r| {
+            Ok(CameraModel {
+                code: r.try_get("code")?,
+                display_name: r.try_get("display_name")?,
+                capabilities: Capabilities {
+                    audio: r.try_get::<i64, _>("audio")? != 0,
+                    ptz: r.try_get::<i64, _>("ptz")? != 0,
+                    night_vision: r.try_get::<i64, _>("night_vision")? != 0,
+                    max_resolution: r.try_get("max_resolution")?,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(json_response(StatusCode::OK, &models))
+}
+
+/// Creates a pending camera and its one-time activation QR code.
+#[utoipa::path(post, path = "/api/camera/onboard", tag = "onboarding", request_body = OnboardRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Pending camera and QR code", body = OnboardResponse),
+        (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
+        (status = 401, description = "Missing or invalid JWT", body = super::docs::ErrorBodyDoc),
+        (status = 422, description = "Unknown model, bad SSID/password/name", body = super::docs::ErrorBodyDoc),
+    ))]
+pub async fn onboard(
+    ctx: Ctx,
+    auth: Option<String>,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
+    let user = ctx.jwt.user_from_header(auth.as_deref())?;
+    let req: OnboardRequest = parse_json(&body?)?;
+    let ssid = WifiSsid::parse(req.wifi_ssid)?;
+    let wifi_password = WifiPassword::parse(req.wifi_password)?;
+    let model = sqlx::query("SELECT display_name FROM camera_models WHERE code = $1")
+        .bind(&req.camera_model)
+        .fetch_optional(&ctx.db.pool)
+        .await?
+        .ok_or_else(|| {
+            ApiError::validation("unknown_model", "camera_model is not a supported model")
+        })?;
+    let display_name: String = model.try_get("display_name")?;
+    let name = DeviceName::parse(req.device_name.as_deref().unwrap_or(&display_name))?;
+
+    let token = DeviceToken::generate(&ctx.rng)?;
+    let device_id = Uuid::new_v4();
+    let now = now_secs();
+    let expires_at = now + ctx.config.device_token_ttl_secs as i64;
+    let payload = QrPayload {
+        v: QR_PAYLOAD_VERSION,
+        wifi_ssid: ssid.into_inner(),
+        wifi_password: wifi_password.into_inner(),
+        server_url: ctx.config.server_url.clone(),
+        device_token: token.expose().to_owned(),
+        camera_model: req.camera_model.clone(),
+        expires_at,
+    };
+    let qr_payload =
+        serde_json::to_string(&payload).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let images = crate::qr::render(&payload)?;
+
+    let inserted = sqlx::query(
+        "INSERT INTO devices (id, owner_id, device_name, camera_model, status, token_hash, \
+         token_expires_at, created_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)",
+    )
+    .bind(device_id.to_string())
+    .bind(user.to_string())
+    .bind(name.into_inner())
+    .bind(&req.camera_model)
+    .bind(token.hash())
+    .bind(expires_at)
+    .bind(now)
+    .execute(&ctx.db.pool)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        // The JWT is genuine but its account no longer exists.
+        Err(e) if is_foreign_key_violation(&e) => {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "account no longer exists",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    metrics::counter!("onboardings_total").increment(1);
+    Ok(json_response(
+        StatusCode::CREATED,
+        &OnboardResponse {
+            device_id,
+            device_token: token.expose().to_owned(),
+            expires_at: rfc3339(expires_at),
+            qr_payload,
+            qr_code: images.png_data_url,
+            qr_svg: images.svg,
+        },
+    ))
+}
