@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod signaling;
+pub mod stun;
 pub mod turn;
 
 pub use config::RelayConfig;

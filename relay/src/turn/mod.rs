@@ -1,21 +1,107 @@
-//! TURN server (RFC 8656) over UDP and TCP. Owned by the TURN work (issue 4).
+//! TURN server (RFC 8656) over UDP and TCP.
+//!
+//! * [`server`]: the sans-IO state machine, one instance per shard (a UDP worker thread or a
+//!   TCP connection): `handle_input(now, transport, via, from, bytes) -> Option<Transmit>`,
+//!   `handle_timeout(now)`. It owns its allocations; nothing is locked per packet.
+//! * [`allocation`]: allocations, permissions, channel bindings, the peer policy.
+//! * [`auth`]: long-term credentials (static users and TURN REST tickets), stateless nonces.
+//! * [`ports`]: the relay port range, bound for real by the drivers.
+//! * [`udp`], [`tcp`]: the drivers (one SO_REUSEPORT socket and event loop per core; one
+//!   task per TCP connection).
+
+pub mod allocation;
+pub mod auth;
+pub mod ports;
+pub mod server;
+pub mod stats;
 
 use serde::{Deserialize, Serialize};
 
-/// TURN listener settings and limits.
+pub use server::{Now, Server, Transmit, Transport, Via};
+
+/// TURN listener settings and limits. Every limit is a named setting (`VC_TURN__<NAME>`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TurnConfig {
-    /// UDP and TCP listen address (same port for both).
+    /// UDP and TCP listen address (same port for both). Port 0 picks a free port.
     pub listen: String,
+    /// Whether to listen on TCP too (RFC 8489 stream framing).
+    pub tcp: bool,
     pub realm: String,
+    /// IP the relay sockets bind to and that XOR-RELAYED-ADDRESS carries. Empty: the IP of
+    /// `listen` (which then must not be the unspecified address).
+    pub relay_address: String,
+    /// IP announced in XOR-RELAYED-ADDRESS when the relay is behind a 1:1 NAT. Empty: the
+    /// relay address.
+    pub external_address: String,
+    /// Relay port range (inclusive).
+    pub min_port: u16,
+    pub max_port: u16,
+    /// Static users `name:password` (ops, benchmarks).
+    pub users: Vec<String>,
+    /// Accept TURN REST credentials signed with the ticket secret.
+    pub rest_auth: bool,
+    /// Seconds a NONCE stays valid (then 438 Stale Nonce).
+    pub nonce_lifetime: u64,
+    /// Allocation lifetime when the client asks for less or nothing, and the maximum.
+    pub default_lifetime: u32,
+    pub max_lifetime: u32,
+    pub permission_lifetime: u32,
+    pub channel_lifetime: u32,
+    /// Seconds a port reserved by EVEN-PORT (R bit) is kept for its RESERVATION-TOKEN.
+    pub reservation_lifetime: u32,
+    /// Allocations per user (0: unlimited) and in total.
+    pub user_quota: u32,
+    pub max_allocations: u32,
+    /// Permissions and channel bindings one allocation may hold.
+    pub max_permissions: u32,
+    pub max_channels: u32,
+    /// Concurrent TCP control connections.
+    pub max_tcp_connections: u32,
+    /// Per-allocation relayed bytes per second, each direction (0: no cap).
+    pub bandwidth_limit: u64,
+    /// Allow peers on loopback addresses (tests, benchmarks on one host).
+    pub allow_loopback_peers: bool,
+    /// Peer addresses or CIDR blocks allowed although the policy would refuse them
+    /// (e.g. `10.0.0.0/8` for a LAN deployment).
+    pub allowed_peers: Vec<String>,
+    /// UDP worker threads (0: one per CPU).
+    pub threads: usize,
+    /// SO_RCVBUF/SO_SNDBUF of the UDP sockets, bytes.
+    pub socket_buffer: usize,
+    /// SOFTWARE attribute in responses (empty: none).
+    pub software: String,
 }
 
 impl Default for TurnConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:3478".into(),
+            tcp: true,
             realm: "visionconnect".into(),
+            relay_address: String::new(),
+            external_address: String::new(),
+            min_port: 49152,
+            max_port: 65535,
+            users: Vec::new(),
+            rest_auth: true,
+            nonce_lifetime: 600,
+            default_lifetime: 600,
+            max_lifetime: 3600,
+            permission_lifetime: 300,
+            channel_lifetime: 600,
+            reservation_lifetime: 30,
+            user_quota: 100,
+            max_allocations: 50_000,
+            max_permissions: 256,
+            max_channels: 256,
+            max_tcp_connections: 1024,
+            bandwidth_limit: 0,
+            allow_loopback_peers: false,
+            allowed_peers: Vec::new(),
+            threads: 0,
+            socket_buffer: 4 << 20,
+            software: concat!("vc-relay ", env!("CARGO_PKG_VERSION")).into(),
         }
     }
 }
