@@ -26,8 +26,7 @@ fn config_path() -> Result<Option<PathBuf>> {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -38,9 +37,42 @@ async fn main() -> Result<()> {
         .with_context(|| format!("bind admin {}", config.admin_listen))?;
     println!("listening admin {admin_addr}");
     tokio::spawn(relay::admin::serve(admin, metrics));
+
+    // Signaling (WebSocket, issue 5).
+    let ticket_key = shared::ticket::TicketKey::new(&config.resolve_ticket_secret()?);
+
+    // TURN (issue 4): UDP workers and TCP on one port.
+    let turn = relay::turn::TurnService::start(&config.turn, Some(ticket_key.clone()))
+        .with_context(|| format!("start TURN on {}", config.turn.listen))?;
+    println!("listening turn-udp {}", turn.udp_addr);
+    if let Some(addr) = turn.tcp_addr {
+        println!("listening turn-tcp {addr}");
+    }
+    if let Err(e) = relay::signaling::raise_fd_limit() {
+        tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE");
+    }
+    let signaling_listener = tokio::net::TcpListener::bind(&config.signaling.listen)
+        .await
+        .with_context(|| format!("bind signaling {}", config.signaling.listen))?;
+    println!("listening signaling {}", signaling_listener.local_addr()?);
+    // The TURN port advertised in `welcome.ice_servers` when `signaling.turn_uris` is empty
+    // (should be the bound TURN port once the TURN listener is wired in here).
+    let turn_port: Option<u16> = Some(turn.udp_addr.port());
+    let signaling = relay::signaling::Signaling::start(
+        config.signaling.clone(),
+        ticket_key.clone(),
+        signaling_listener,
+        turn_port,
+    );
+
     println!("ready");
     shutdown_signal().await;
     tracing::info!("shutting down");
+    signaling
+        .shutdown(std::time::Duration::from_secs(config.drain_secs.min(5)))
+        .await;
+    turn.drain(std::time::Duration::from_secs(config.drain_secs))
+        .await;
     Ok(())
 }
 

@@ -1,19 +1,108 @@
-//! WebSocket signaling between cameras and viewers. Owned by the signaling work (issue 5).
+//! WebSocket signaling between cameras and viewers (issue 5). Protocol: `docs/signaling.md`.
+//!
+//! * [`router`]: the sans-IO core (sessions, routing, access control, limits).
+//! * [`server`] and [`connection`]: the thin tokio-tungstenite driver (upgrade + auth, one task
+//!   per connection with a bounded outbound queue, liveness, size and rate limits).
+//! * [`presence`]: batched, signed presence reports to vc-control.
+
+pub mod connection;
+pub mod metrics;
+pub mod presence;
+pub mod router;
+pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-/// Signaling listener settings and limits.
+pub use server::{Signaling, SignalingHandle};
+
+/// Signaling listener settings and limits (env `VC_SIGNALING__<FIELD>`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SignalingConfig {
     /// WebSocket listen address; clients connect to `ws://<addr>/ws`.
     pub listen: String,
+    /// TURN URIs put into `welcome.ice_servers`. Empty: derived from the TURN listener's port and
+    /// the host name the client used to reach this relay (`Host` header).
+    pub turn_uris: Vec<String>,
+    /// Lifetime of the TURN REST credentials handed out in `welcome`, seconds.
+    pub ice_credential_ttl_secs: u64,
+    /// Base URL of vc-control for presence reports (`POST <url>/api/internal/presence`).
+    /// Empty disables presence reporting.
+    pub control_url: String,
+    /// Most presence events are sent within this many milliseconds of the change.
+    pub presence_batch_ms: u64,
+    /// Every this many seconds the relay re-reports all connected cameras as online: refreshes
+    /// `last_seen`, heals a control plane that restarted, and learns of deleted devices.
+    pub presence_resync_secs: u64,
+    /// Maximum simultaneous WebSocket connections (further upgrades get HTTP 503).
+    pub max_connections: usize,
+    /// Concurrent viewer sessions one camera serves.
+    pub max_sessions_per_camera: usize,
+    /// Concurrent sessions one viewer connection may hold.
+    pub max_sessions_per_viewer: usize,
+    /// Largest accepted message, bytes: larger -> `too_large` and close.
+    pub max_message_bytes: usize,
+    /// Sustained messages per second per connection: more -> `rate_limited` (message dropped).
+    pub rate_per_sec: u32,
+    /// Burst allowance of the per-connection rate limit, messages.
+    pub rate_burst: u32,
+    /// Seconds to present a token (`?token=` or a first `auth` message).
+    pub auth_timeout_secs: u64,
+    /// WebSocket ping interval, seconds.
+    pub ping_interval_secs: u64,
+    /// A connection from which nothing arrived for this long is dropped, seconds.
+    pub idle_timeout_secs: u64,
+    /// Per-connection outbound queue, messages. A connection whose queue is full when a message
+    /// for it arrives is dropped as a slow consumer.
+    pub outbound_queue: usize,
+    /// Read buffer per connection, bytes (memory per idle connection matters at 10k+).
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for SignalingConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8443".into(),
+            turn_uris: Vec::new(),
+            ice_credential_ttl_secs: 3600,
+            control_url: "http://127.0.0.1:8000".into(),
+            presence_batch_ms: 50,
+            presence_resync_secs: 30,
+            max_connections: 100_000,
+            max_sessions_per_camera: 8,
+            max_sessions_per_viewer: 16,
+            max_message_bytes: 64 * 1024,
+            rate_per_sec: 50,
+            rate_burst: 200,
+            auth_timeout_secs: 5,
+            ping_interval_secs: 20,
+            idle_timeout_secs: 60,
+            outbound_queue: 256,
+            read_buffer_bytes: 4096,
         }
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (10k+ connections need more than the
+/// usual 1024 descriptors). Returns the new soft limit.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass by valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    // rlim_t is u64 on Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(lim.rlim_cur as u64)
 }

@@ -1,0 +1,81 @@
+//! Signaling metrics (`vc_relay_signaling_*`), registered once so the message path only bumps
+//! atomics instead of looking names up.
+
+use metrics::{counter, gauge, Counter, Gauge};
+use shared::signaling::{ErrorCode, ServerMessage};
+
+/// Handles of every signaling metric.
+pub struct SignalingMetrics {
+    pub cameras: Gauge,
+    pub viewers: Gauge,
+    pub sessions: Gauge,
+    pub connections: Gauge,
+    routed_offer: Counter,
+    routed_answer: Counter,
+    routed_candidate: Counter,
+    routed_bye: Counter,
+    errors: [Counter; 8],
+    pub slow_consumers_dropped: Counter,
+    pub unauthorized_upgrades: Counter,
+    pub presence_reports: Counter,
+    pub presence_failures: Counter,
+}
+
+const CODES: [ErrorCode; 8] = [
+    ErrorCode::CameraOffline,
+    ErrorCode::Forbidden,
+    ErrorCode::UnknownSession,
+    ErrorCode::BadMessage,
+    ErrorCode::RateLimited,
+    ErrorCode::TooLarge,
+    ErrorCode::Unauthorized,
+    ErrorCode::Busy,
+];
+
+impl SignalingMetrics {
+    /// Registers the metrics with the global recorder (no-ops when none is installed).
+    pub fn new() -> Self {
+        let routed =
+            |t: &'static str| counter!("vc_relay_signaling_messages_routed_total", "type" => t);
+        Self {
+            cameras: gauge!("vc_relay_signaling_connected_cameras"),
+            viewers: gauge!("vc_relay_signaling_connected_viewers"),
+            sessions: gauge!("vc_relay_signaling_sessions"),
+            connections: gauge!("vc_relay_signaling_connections"),
+            routed_offer: routed("offer"),
+            routed_answer: routed("answer"),
+            routed_candidate: routed("candidate"),
+            routed_bye: routed("bye"),
+            errors: CODES
+                .map(|c| counter!("vc_relay_signaling_errors_total", "code" => c.as_str())),
+            slow_consumers_dropped: counter!("vc_relay_signaling_slow_consumers_dropped_total"),
+            unauthorized_upgrades: counter!("vc_relay_signaling_unauthorized_upgrades_total"),
+            presence_reports: counter!("vc_relay_signaling_presence_reports_total"),
+            presence_failures: counter!("vc_relay_signaling_presence_failures_total"),
+        }
+    }
+
+    /// Counts a message the relay is about to send: routed messages by type, errors by code.
+    pub fn sent(&self, msg: &ServerMessage) {
+        match msg {
+            ServerMessage::Offer { .. } => self.routed_offer.increment(1),
+            ServerMessage::Answer { .. } => self.routed_answer.increment(1),
+            ServerMessage::Candidate { .. } => self.routed_candidate.increment(1),
+            ServerMessage::Bye { .. } => self.routed_bye.increment(1),
+            ServerMessage::Error { code, .. } => self.error(*code),
+            ServerMessage::Welcome { .. } | ServerMessage::Session { .. } => {}
+        }
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(i) = CODES.iter().position(|c| *c == code) {
+            self.errors[i].increment(1);
+        }
+    }
+}
+
+impl Default for SignalingMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

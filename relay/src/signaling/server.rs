@@ -1,0 +1,390 @@
+//! The signaling listener: accepts TCP, upgrades `/ws` to WebSocket (checking a `?token=` on
+//! the upgrade itself: a bad one is answered with HTTP 401), and hands each connection to
+//! [`crate::signaling::connection`]. Also owns the table of live connections (id -> outbound
+//! queue) through which the router's deliveries reach their targets.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use shared::api::PresenceEvent;
+use shared::signaling::{IceServer, ServerMessage};
+use shared::ticket::{unix_now, SignalingClaims, TicketKey};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::metrics::SignalingMetrics;
+use super::router::{CloseReason, ConnId, Delivery, Router, RouterLimits};
+use super::SignalingConfig;
+
+/// What a connection task is asked to write.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Text(Utf8Bytes),
+}
+
+/// Lets any task make a connection close itself with a reason.
+#[derive(Debug, Default)]
+pub(crate) struct Kill {
+    notify: Notify,
+    reason: AtomicU8,
+}
+
+const REASONS: [CloseReason; 8] = [
+    CloseReason::Replaced,
+    CloseReason::DeviceUnknown,
+    CloseReason::TokenExpired,
+    CloseReason::SlowConsumer,
+    CloseReason::TooLarge,
+    CloseReason::Idle,
+    CloseReason::Unauthorized,
+    CloseReason::Shutdown,
+];
+
+impl Kill {
+    pub(crate) fn fire(&self, reason: CloseReason) {
+        let idx = REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+        // 0 means "not fired": store index + 1; the first reason wins.
+        let _ = self
+            .reason
+            .compare_exchange(0, idx as u8 + 1, Ordering::AcqRel, Ordering::Acquire);
+        self.notify.notify_one();
+    }
+
+    pub(crate) async fn fired(&self) -> CloseReason {
+        self.notify.notified().await;
+        let idx = self.reason.load(Ordering::Acquire);
+        REASONS
+            .get(usize::from(idx).saturating_sub(1))
+            .copied()
+            .unwrap_or(CloseReason::Shutdown)
+    }
+}
+
+/// A live connection as seen from other tasks.
+pub(crate) struct ConnHandle {
+    pub(crate) tx: mpsc::Sender<Outbound>,
+    pub(crate) kill: Arc<Kill>,
+}
+
+/// The signaling plane: router, live connections, config, metrics. Shared by all tasks.
+pub struct Signaling {
+    pub(crate) config: SignalingConfig,
+    pub(crate) router: Router,
+    pub(crate) key: TicketKey,
+    pub(crate) conns: DashMap<ConnId, ConnHandle>,
+    pub(crate) metrics: SignalingMetrics,
+    pub(crate) ws_config: WebSocketConfig,
+    presence: Option<mpsc::UnboundedSender<PresenceEvent>>,
+    turn_port: Option<u16>,
+    next_id: AtomicU64,
+    limit: Arc<Semaphore>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Returned by [`Signaling::start`]: stops the plane.
+pub struct SignalingHandle {
+    pub signaling: Arc<Signaling>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SignalingHandle {
+    /// Stops accepting, closes every connection with "relay shutting down" (close code 1001),
+    /// waits up to `grace` for the connections to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.signaling.conns.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Signaling {
+    /// Starts the signaling plane on `listener`: the accept loop and (when `control_url` is set)
+    /// the presence reporter. `turn_port` is the TURN listener's port, used for `ice_servers`
+    /// when `turn_uris` is not configured.
+    pub fn start(
+        config: SignalingConfig,
+        key: TicketKey,
+        listener: TcpListener,
+        turn_port: Option<u16>,
+    ) -> SignalingHandle {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (presence_tx, presence_rx) = if config.control_url.is_empty() {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        };
+        let limits = RouterLimits {
+            max_sessions_per_camera: config.max_sessions_per_camera,
+            max_sessions_per_viewer: config.max_sessions_per_viewer,
+        };
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(config.read_buffer_bytes.max(256))
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(4 * 1024 * 1024)
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes));
+        let signaling = Arc::new(Signaling {
+            router: Router::new(key.clone(), limits),
+            key,
+            conns: DashMap::new(),
+            metrics: SignalingMetrics::new(),
+            ws_config,
+            presence: presence_tx,
+            turn_port,
+            next_id: AtomicU64::new(1),
+            limit: Arc::new(Semaphore::new(config.max_connections)),
+            shutdown: shutdown_rx,
+            config,
+        });
+        let mut tasks = vec![tokio::spawn(accept_loop(signaling.clone(), listener))];
+        if let Some(rx) = presence_rx {
+            tasks.push(tokio::spawn(super::presence::run(signaling.clone(), rx)));
+        }
+        SignalingHandle {
+            signaling,
+            shutdown: shutdown_tx,
+            tasks,
+        }
+    }
+
+    /// The router (read-only views: counts, routes).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Carries out the router's deliveries, draining `out`.
+    pub(crate) fn deliver(&self, out: &mut Vec<Delivery>) {
+        for d in out.drain(..) {
+            match d {
+                Delivery::Send { to, msg } => self.send(to, &msg),
+                Delivery::Close { conn, reason } => {
+                    if let Some(h) = self.conns.get(&conn) {
+                        h.kill.fire(reason);
+                    }
+                }
+                Delivery::Presence {
+                    device_id,
+                    online,
+                    at_ms,
+                } => {
+                    if let Some(tx) = &self.presence {
+                        let _ = tx.send(PresenceEvent {
+                            device_id,
+                            online,
+                            at_ms,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues `msg` for connection `to`; a connection whose queue is full is dropped.
+    pub(crate) fn send(&self, to: ConnId, msg: &ServerMessage) {
+        self.metrics.sent(msg);
+        let Ok(text) = serde_json::to_string(msg) else {
+            return;
+        };
+        if let Some(h) = self.conns.get(&to) {
+            match h.tx.try_send(Outbound::Text(text.into())) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.slow_consumers_dropped.increment(1);
+                    h.kill.fire(CloseReason::SlowConsumer);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// Updates the gauges from the router's counts.
+    pub(crate) fn update_gauges(&self) {
+        self.metrics.cameras.set(self.router.cameras() as f64);
+        self.metrics.viewers.set(self.router.viewers() as f64);
+        self.metrics.sessions.set(self.router.sessions() as f64);
+        self.metrics.connections.set(self.conns.len() as f64);
+    }
+
+    /// `ice_servers` for a `welcome`: fresh TURN REST credentials for `subject`.
+    pub(crate) fn ice_servers(&self, subject: &str, host: &str) -> Vec<IceServer> {
+        let urls = if !self.config.turn_uris.is_empty() {
+            self.config.turn_uris.clone()
+        } else if let Some(port) = self.turn_port {
+            vec![
+                format!("turn:{host}:{port}?transport=udp"),
+                format!("turn:{host}:{port}?transport=tcp"),
+            ]
+        } else {
+            return Vec::new();
+        };
+        let (username, credential) =
+            self.key
+                .turn_credentials(subject, unix_now(), self.config.ice_credential_ttl_secs);
+        vec![IceServer {
+            urls,
+            username,
+            credential,
+        }]
+    }
+}
+
+async fn accept_loop(sig: Arc<Signaling>, listener: TcpListener) {
+    let mut shutdown = sig.shutdown.clone();
+    loop {
+        tokio::select! {
+            res = listener.accept() => match res {
+                Ok((stream, peer)) => {
+                    tokio::spawn(upgrade(sig.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "signaling accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// What the upgrade request said.
+#[derive(Default)]
+struct Upgrade {
+    claims: Option<SignalingClaims>,
+    host: Option<String>,
+}
+
+fn reject(status: StatusCode, body: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(body.to_owned()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The `token` query parameter of a request target.
+fn token_param(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .filter(|t| !t.is_empty())
+}
+
+/// The host part (no port) of a `Host` header value.
+fn host_only(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port -> keep the brackets, as URIs need them.
+        return rest.find(']').map(|i| &host[..i + 2]).unwrap_or(host);
+    }
+    host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+// The handshake callback's error type is tungstenite's `ErrorResponse`.
+#[allow(clippy::result_large_err)]
+async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let local_ip = stream.local_addr().ok().map(|a| match a {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+    });
+    let permit = sig.limit.clone().try_acquire_owned().ok();
+    let mut up = Upgrade::default();
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != "/ws" {
+            return Err(reject(StatusCode::NOT_FOUND, "signaling lives at /ws\n"));
+        }
+        if permit.is_none() {
+            return Err(reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections\n",
+            ));
+        }
+        up.host = req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(|h| host_only(h).to_owned());
+        if let Some(token) = token_param(req.uri().query()) {
+            match sig.router.authenticate(token, unix_now()) {
+                Ok(claims) => up.claims = Some(claims),
+                Err(e) => {
+                    sig.metrics.unauthorized_upgrades.increment(1);
+                    tracing::debug!(%peer, error = %e, "signaling upgrade refused");
+                    return Err(reject(
+                        StatusCode::UNAUTHORIZED,
+                        &format!("invalid signaling token: {e}\n"),
+                    ));
+                }
+            }
+        }
+        Ok(resp)
+    };
+    let timeout = Duration::from_secs(sig.config.auth_timeout_secs.max(1));
+    let accepted = tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(sig.ws_config)),
+    )
+    .await;
+    let ws = match accepted {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "signaling handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let Some(permit) = permit else { return };
+    let host = up.host.or(local_ip).unwrap_or_else(|| "127.0.0.1".into());
+    super::connection::run(sig, ws, up.claims, host, permit).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_from_query() {
+        assert_eq!(token_param(Some("token=abc")), Some("abc"));
+        assert_eq!(token_param(Some("x=1&token=a.b.c")), Some("a.b.c"));
+        assert_eq!(token_param(Some("token=")), None);
+        assert_eq!(token_param(Some("x=1")), None);
+        assert_eq!(token_param(None), None);
+    }
+
+    #[test]
+    fn host_header() {
+        assert_eq!(host_only("relay.example:8443"), "relay.example");
+        assert_eq!(host_only("relay.example"), "relay.example");
+        assert_eq!(host_only("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(host_only("[::1]:8443"), "[::1]");
+        assert_eq!(host_only("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn kill_keeps_first_reason() {
+        let k = Kill::default();
+        k.fire(CloseReason::Replaced);
+        k.fire(CloseReason::SlowConsumer);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(k.fired()), CloseReason::Replaced);
+    }
+}
