@@ -43,6 +43,9 @@ pub struct Config {
     pub presence_max_skew_secs: u64,
     /// Database pool size.
     pub db_max_connections: u32,
+    /// Onboarded cameras that never activated are deleted this many seconds after their
+    /// token expired.
+    pub pending_retention_secs: u64,
     pub relay: RelayConfig,
     pub argon2: Argon2Config,
 }
@@ -86,6 +89,7 @@ impl Default for Config {
             check_status_max_wait_secs: 60,
             presence_max_skew_secs: 60,
             db_max_connections: 16,
+            pending_retention_secs: 24 * 3600,
             relay: RelayConfig::default(),
             argon2: Argon2Config::default(),
         }

@@ -99,9 +99,37 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let sweeper = tokio::spawn(sweep_expired_pending(app.clone()));
     warp::serve(routes::all(app))
         .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
+    sweeper.abort();
+}
+
+/// Every minute, deletes onboarded cameras whose token expired more than
+/// `pending_retention_secs` ago without an activation (they can never activate now).
+async fn sweep_expired_pending(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let retention = i64::try_from(app.config.pending_retention_secs).unwrap_or(i64::MAX);
+        let cutoff = routes::now_secs().saturating_sub(retention);
+        let swept =
+            sqlx::query("DELETE FROM devices WHERE status = 'pending' AND token_expires_at < $1")
+                .bind(cutoff)
+                .execute(&app.db.pool)
+                .await;
+        match swept {
+            Ok(done) if done.rows_affected() > 0 => {
+                tracing::info!(
+                    rows = done.rows_affected(),
+                    "deleted expired pending cameras"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweeping expired pending cameras failed"),
+        }
+    }
 }

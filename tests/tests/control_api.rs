@@ -701,6 +701,31 @@ async fn full_flow(db: Db) -> Result<()> {
         "{s} {v}"
     );
 
+    // The same owner re-onboarding a camera (after a factory reset) replaces the old entry.
+    let first = c.onboard(&jwt, "Garage").await?;
+    let (s, v) = c
+        .activate(first["device_token"].as_str().context("token")?, "CAM-2")
+        .await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    let again = c.onboard(&jwt, "Garage again").await?;
+    let (s, v) = c
+        .activate(again["device_token"].as_str().context("token")?, "CAM-2")
+        .await?;
+    ensure!(
+        s == StatusCode::OK && v["device_id"] == again["device_id"],
+        "{s} {v}"
+    );
+    let (s, _) = c
+        .get(
+            &format!(
+                "/api/camera/devices/{}",
+                first["device_id"].as_str().unwrap_or_default()
+            ),
+            Some(&jwt),
+        )
+        .await?;
+    ensure!(s == StatusCode::NOT_FOUND, "old registration kept: {s}");
+
     // Concurrent activations of one token by different cameras: exactly one wins.
     let race = c.onboard(&jwt, "Race").await?;
     let race_token = race["device_token"].as_str().context("token")?.to_owned();

@@ -187,8 +187,12 @@ pub fn respond(result: Result<Response, ApiError>) -> Response {
 }
 
 /// Unix seconds as RFC 3339 (UTC, seconds precision): how the API writes timestamps.
+/// Clamped to 0000..=9999-12-31T23:59:59Z, the range RFC 3339 can write (no panic on any
+/// stored value).
 pub fn rfc3339(unix_secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs.max(0) as u64);
+    const MAX: i64 = 253_402_300_799;
+    let secs = unix_secs.clamp(0, MAX) as u64;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -221,6 +225,8 @@ mod tests {
     fn timestamps() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00Z");
     }
 
     #[tokio::test]

@@ -146,7 +146,8 @@ pub async fn onboard(
     let token = DeviceToken::generate(&ctx.rng)?;
     let device_id = Uuid::new_v4();
     let now = now_secs();
-    let expires_at = now + ctx.config.device_token_ttl_secs as i64;
+    let ttl = i64::try_from(ctx.config.device_token_ttl_secs).unwrap_or(i64::MAX);
+    let expires_at = now.saturating_add(ttl);
     let payload = QrPayload {
         v: QR_PAYLOAD_VERSION,
         wifi_ssid: ssid.into_inner(),
