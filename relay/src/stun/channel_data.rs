@@ -13,7 +13,8 @@ pub struct ChannelData<'a> {
 
 impl<'a> ChannelData<'a> {
     /// Parses a ChannelData message; `None` if the first two bits are not `01`, the number is
-    /// outside 0x4000-0x4FFF (reserved numbers are dropped, §12.4) or the length lies.
+    /// outside 0x4000-0x7FFF or the length lies. (A number never bound is dropped by the
+    /// server, RFC 8656 §12.4.)
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
         if bytes.len() < 4 {
             return None;

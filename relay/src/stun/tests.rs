@@ -207,8 +207,13 @@ fn channel_data_framing() {
     assert_eq!(cd.data, b"hello");
     assert_eq!(channel_data::frame_len(&pkt), Some(12));
     assert!(ChannelData::parse(&pkt[..6]).is_none());
-    // 0x5000-0x7FFF are reserved: dropped.
-    assert!(ChannelData::parse(&[0x50, 0, 0, 0]).is_none());
+    // 0x8000 and up are not ChannelData; 0x5000-0x7FFF parse (RFC 5766 range) but are
+    // outside RFC 8656's.
+    assert!(ChannelData::parse(&[0x80, 0, 0, 0]).is_none());
+    assert!(!ChannelData::parse(&[0x50, 0, 0, 0])
+        .unwrap()
+        .channel
+        .is_rfc8656());
     assert!(turn::ChannelNumber::parse(0x3FFF).is_none());
     assert_eq!(channel_data::frame_len(&hex(REQUEST)), Some(20 + 0x58));
     assert_eq!(channel_data::frame_len(&[0xC0, 0, 0, 0]), None);

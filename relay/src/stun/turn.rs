@@ -7,17 +7,26 @@ use super::{attr, DecodeError, MessageBuilder};
 /// The IANA protocol number of UDP, the only REQUESTED-TRANSPORT this relay offers.
 pub const TRANSPORT_UDP: u8 = 17;
 
-/// A channel number in the range RFC 8656 §12 allows clients to bind: 0x4000-0x4FFF.
-/// Built only by [`ChannelNumber::parse`], so it cannot hold another value.
+/// A channel number: 0x4000-0x7FFF, the range of RFC 5766 §11 that coturn, libwebrtc
+/// (Chromium) and coturn's test client still draw from. RFC 8656 §12 narrowed client
+/// bindings to 0x4000-0x4FFF ([`ChannelNumber::is_rfc8656`]); the server enforces that only
+/// with `strict_channel_numbers`. Built only by [`ChannelNumber::parse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelNumber(u16);
 
 impl ChannelNumber {
     pub const MIN: u16 = 0x4000;
-    pub const MAX: u16 = 0x4FFF;
+    pub const MAX: u16 = 0x7FFF;
+    /// Upper end of the RFC 8656 range.
+    pub const RFC8656_MAX: u16 = 0x4FFF;
 
     pub fn parse(n: u16) -> Option<Self> {
         (Self::MIN..=Self::MAX).contains(&n).then_some(Self(n))
+    }
+
+    /// Whether the number is in RFC 8656's 0x4000-0x4FFF.
+    pub fn is_rfc8656(self) -> bool {
+        self.0 <= Self::RFC8656_MAX
     }
 
     pub fn get(self) -> u16 {

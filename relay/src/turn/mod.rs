@@ -13,11 +13,15 @@ pub mod allocation;
 pub mod auth;
 pub mod ports;
 pub mod server;
+pub mod service;
 pub mod stats;
+pub mod tcp;
+pub mod udp;
 
 use serde::{Deserialize, Serialize};
 
 pub use server::{Now, Server, Transmit, Transport, Via};
+pub use service::TurnService;
 
 /// TURN listener settings and limits. Every limit is a named setting (`VC_TURN__<NAME>`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +64,9 @@ pub struct TurnConfig {
     pub max_tcp_connections: u32,
     /// Per-allocation relayed bytes per second, each direction (0: no cap).
     pub bandwidth_limit: u64,
+    /// Accept only RFC 8656's channel numbers 0x4000-0x4FFF (400 otherwise). Off by default:
+    /// Chromium/libwebrtc and coturn's client still pick from RFC 5766's 0x4000-0x7FFF.
+    pub strict_channel_numbers: bool,
     /// Allow peers on loopback addresses (tests, benchmarks on one host).
     pub allow_loopback_peers: bool,
     /// Peer addresses or CIDR blocks allowed although the policy would refuse them
@@ -97,6 +104,7 @@ impl Default for TurnConfig {
             max_channels: 256,
             max_tcp_connections: 1024,
             bandwidth_limit: 0,
+            strict_channel_numbers: false,
             allow_loopback_peers: false,
             allowed_peers: Vec::new(),
             threads: 0,

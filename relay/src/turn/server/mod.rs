@@ -78,6 +78,7 @@ pub struct Shared {
     pub max_permissions: usize,
     pub max_channels: usize,
     pub bandwidth_limit: u64,
+    pub strict_channel_numbers: bool,
     /// Address put in XOR-RELAYED-ADDRESS instead of the bound one (1:1 NAT).
     pub external_ip: Option<IpAddr>,
     pub software: Vec<u8>,
@@ -119,6 +120,7 @@ impl Shared {
             max_permissions: cfg.max_permissions as usize,
             max_channels: cfg.max_channels as usize,
             bandwidth_limit: cfg.bandwidth_limit,
+            strict_channel_numbers: cfg.strict_channel_numbers,
             external_ip,
             software: cfg.software.as_bytes().to_vec(),
             quotas: Quotas::new(cfg.user_quota, cfg.max_allocations),
@@ -871,7 +873,7 @@ impl<P: RelayPorts> Server<P> {
             .attribute(attr::CHANNEL_NUMBER)
             .map(tattr::decode_channel_number)
         {
-            Some(Ok(Some(n))) => n,
+            Some(Ok(Some(n))) if n.is_rfc8656() || !self.shared.strict_channel_numbers => n,
             _ => return self.error(from, msg, ErrorCode::BAD_REQUEST, Some(&key)),
         };
         let peer = match msg

@@ -317,7 +317,7 @@ fn channel_bind_rules() {
             peer_attr(b, peer);
         })
     };
-    for bad in [[0x3F, 0xFF], [0x50, 0x00], [0x7F, 0xFF]] {
+    for bad in [[0x3F, 0xFF], [0x80, 0x00], [0xFF, 0xFF]] {
         let r = bind(&mut c, bad, PEER);
         assert_eq!(call(&mut s, now, CLIENT, &r).1, Some(400), "{bad:?}");
     }
@@ -333,6 +333,39 @@ fn channel_bind_rules() {
     // Missing attributes.
     let r = c.build(Method::ChannelBind, true, |b| peer_attr(b, PEER));
     assert_eq!(call(&mut s, now, CLIENT, &r).1, Some(400));
+}
+
+#[test]
+fn strict_channel_numbers_refuse_rfc5766_range() {
+    let now = t0();
+    let bind = |c: &mut Client, ch: [u8; 2]| {
+        c.build(Method::ChannelBind, true, |b| {
+            b.attr(attr::CHANNEL_NUMBER, &[ch[0], ch[1], 0, 0]);
+            peer_attr(b, PEER);
+        })
+    };
+    let mut s = server();
+    let mut c = Client::new("alice", "pw");
+    allocate(&mut s, now, &mut c, CLIENT);
+    let r = bind(&mut c, [0x7F, 0xFF]);
+    assert_eq!(
+        call(&mut s, now, CLIENT, &r).1,
+        None,
+        "RFC 5766 range by default"
+    );
+    let mut s = server_with(
+        TurnConfig {
+            strict_channel_numbers: true,
+            ..config()
+        },
+        MemPorts::new(50000, 50009),
+    );
+    let mut c = Client::new("alice", "pw");
+    allocate(&mut s, now, &mut c, CLIENT);
+    let r = bind(&mut c, [0x50, 0x00]);
+    assert_eq!(call(&mut s, now, CLIENT, &r).1, Some(400));
+    let r = bind(&mut c, [0x4F, 0xFF]);
+    assert_eq!(call(&mut s, now, CLIENT, &r).1, None);
 }
 
 #[test]
