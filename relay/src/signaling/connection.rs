@@ -225,7 +225,9 @@ async fn drive(
     let mut last_ping = Instant::now();
     let is_camera = state.role() == Role::Camera;
     let expiry_at = |exp: u64| {
-        tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(unix_now()))
+        // Capped: an absurd expiry must not overflow the timer.
+        tokio::time::Instant::now()
+            + Duration::from_secs(exp.saturating_sub(unix_now()).min(365 * 86_400))
     };
     let mut expiry_secs = state.expires_at();
     let expiry = tokio::time::sleep_until(expiry_at(expiry_secs));

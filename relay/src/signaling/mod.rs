@@ -106,3 +106,6 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     #[allow(clippy::unnecessary_cast)]
     Ok(lim.rlim_cur as u64)
 }
+
+#[cfg(test)]
+mod tests;

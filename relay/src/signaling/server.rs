@@ -104,8 +104,19 @@ impl SignalingHandle {
         while !self.signaling.conns.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for t in self.tasks {
-            t.abort();
+        let mut tasks = self.tasks.into_iter();
+        if let Some(accept) = tasks.next() {
+            accept.abort();
+        }
+        // The presence reporter sends the last offline events, then ends by itself.
+        for t in tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(3), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
     }
 }
@@ -351,7 +362,8 @@ async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr) {
     };
     let Some(permit) = permit else { return };
     let host = up.host.or(local_ip).unwrap_or_else(|| "127.0.0.1".into());
-    super::connection::run(sig, ws, up.claims, host, permit).await;
+    // A task of its own: the handshake's state is freed now, not kept for the connection's life.
+    tokio::spawn(super::connection::run(sig, ws, up.claims, host, permit));
 }
 
 #[cfg(test)]
