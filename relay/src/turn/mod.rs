@@ -11,6 +11,7 @@
 
 pub mod allocation;
 pub mod auth;
+pub mod mmsg;
 pub mod ports;
 pub mod server;
 pub mod service;

@@ -132,7 +132,7 @@ impl PortPool {
             PortRequest::Even { reserve_next } => {
                 for _ in 0..self.span() {
                     let p = self.next_port();
-                    if p % 2 != 0
+                    if !p.is_multiple_of(2)
                         || (reserve_next && p == u16::MAX)
                         || (reserve_next && p >= self.max)
                     {

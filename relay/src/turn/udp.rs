@@ -1,22 +1,25 @@
 //! The UDP driver: one worker thread per core, each with its own SO_REUSEPORT listening
 //! socket, its own [`Server`] shard and the relay sockets of that shard's allocations, all on
 //! one mio event loop. The kernel's 4-tuple hash keeps a client on one socket, hence on one
-//! shard; nothing is shared per packet, nothing is allocated per packet.
+//! shard; nothing is shared per packet, nothing is allocated per packet. Reads and the
+//! answers to clients are batched (`recvmmsg`/`sendmmsg`, see [`super::mmsg`]).
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 
+use super::mmsg::{RecvBatch, SendBatch};
 use super::ports::{PortPool, SocketPorts};
 use super::server::{Now, Server, Shared, Transport, Via};
 
 const LISTENER: Token = Token(0);
-/// Datagrams read from one socket before the loop looks at the others.
-const BUDGET: usize = 256;
+/// Batches read from one socket before the loop looks at the others.
+const BUDGET: usize = 8;
 const NO_SLOT: u32 = u32::MAX;
 
 /// Binds a UDP socket with SO_REUSEPORT (one per worker on the same address).
@@ -92,42 +95,56 @@ impl Shard {
         }
     }
 
-    /// Reads up to [`BUDGET`] datagrams from the socket of `token`, feeding the server.
-    fn drain(&mut self, token: Token, buf: &mut [u8]) {
-        let mut now = Now::system();
-        for i in 0..BUDGET {
-            if i % 32 == 31 {
-                now = Now::system();
-            }
-            let (res, via) = if token == LISTENER {
-                (self.listener.recv_from(buf), Via::Listener)
+    /// Reads datagrams from the socket of `token` in batches (`recvmmsg`) until it is empty or
+    /// [`BUDGET`] batches were read, feeding the server; answers to clients go out in batches
+    /// (`sendmmsg`) on the listener, relayed data on the relay sockets.
+    fn drain(&mut self, token: Token, rx: &mut RecvBatch, tx: &mut SendBatch) {
+        let listener_fd = self.listener.as_raw_fd();
+        for _ in 0..BUDGET {
+            let (fd, via) = if token == LISTENER {
+                (listener_fd, Via::Listener)
             } else {
                 match self.relays.get(token.0 - 1) {
-                    Some(Some(r)) => (r.socket.recv_from(buf), Via::Relay(r.addr)),
+                    Some(Some(r)) => (r.socket.as_raw_fd(), Via::Relay(r.addr)),
                     _ => return,
                 }
             };
-            let (n, from) = match res {
-                Ok(x) => x,
+            let n = match rx.recv(fd) {
+                Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 // ICMP errors (port unreachable from a peer) surface here: keep reading.
                 Err(_) => continue,
             };
-            if let Some(t) = self.server.handle_input(now, via, from, &buf[..n]) {
-                let _ = match t.via {
-                    Via::Listener => self.listener.send_to(t.payload, t.dst),
-                    Via::Relay(addr) => {
-                        let slot = self.by_port[addr.port() as usize];
-                        match self.relays.get(slot as usize) {
-                            Some(Some(r)) => r.socket.send_to(t.payload, t.dst),
-                            _ => Ok(0),
+            let now = Now::system();
+            for i in 0..n {
+                let Some((from, data)) = rx.get(i) else {
+                    continue;
+                };
+                if let Some(t) = self.server.handle_input(now, via, from, data) {
+                    match t.via {
+                        Via::Listener => {
+                            if tx.is_full() {
+                                tx.flush(listener_fd);
+                            }
+                            if !tx.push(t.dst, t.payload) {
+                                let _ = self.listener.send_to(t.payload, t.dst);
+                            }
+                        }
+                        Via::Relay(addr) => {
+                            let slot = self.by_port[addr.port() as usize];
+                            if let Some(Some(r)) = self.relays.get(slot as usize) {
+                                let _ = r.socket.send_to(t.payload, t.dst);
+                            }
                         }
                     }
-                };
+                }
+                let ports = self.server.ports_mut();
+                if !ports.opened.is_empty() || !ports.closed.is_empty() {
+                    self.register_new_sockets();
+                }
             }
-            let ports = self.server.ports_mut();
-            if !ports.opened.is_empty() || !ports.closed.is_empty() {
-                self.register_new_sockets();
+            if !tx.is_empty() {
+                tx.flush(listener_fd);
             }
         }
         self.pending.push(token);
@@ -156,7 +173,8 @@ pub fn run_worker(
         pending: Vec::new(),
     };
     let mut events = Events::with_capacity(1024);
-    let mut buf = vec![0u8; 65536];
+    let mut rx = RecvBatch::new();
+    let mut tx = SendBatch::new();
     let mut next_flush = Instant::now() + Duration::from_secs(1);
     let mut pending = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -176,10 +194,10 @@ pub fn run_worker(
         }
         std::mem::swap(&mut pending, &mut shard.pending);
         for token in pending.drain(..) {
-            shard.drain(token, &mut buf);
+            shard.drain(token, &mut rx, &mut tx);
         }
         for ev in events.iter() {
-            shard.drain(ev.token(), &mut buf);
+            shard.drain(ev.token(), &mut rx, &mut tx);
         }
         let now = Instant::now();
         shard.server.handle_timeout(now);

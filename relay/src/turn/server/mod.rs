@@ -337,7 +337,7 @@ impl<P: RelayPorts> Server<P> {
             self.next_reap = Some(now.instant + REAP_INTERVAL);
         }
         match via {
-            Via::Relay(relay) => self.from_peer(now, relay, from, bytes),
+            Via::Relay(relay) => self.peer_data(now, relay, from, bytes),
             Via::Listener => match bytes.first() {
                 Some(&b) if channel_data::is_channel_data(b) => {
                     self.channel_data_from_client(now, from, bytes)
@@ -436,7 +436,7 @@ impl<P: RelayPorts> Server<P> {
         })
     }
 
-    fn from_peer<'a>(
+    fn peer_data<'a>(
         &'a mut self,
         now: Now,
         relay: SocketAddr,
