@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,camera=info,vc_camera=info".into()),
+                .unwrap_or_else(|_| "error,camera=info,vc_camera=info".into()),
         )
         .init();
     let cli = Cli::parse();
