@@ -169,6 +169,33 @@ async fn relay_only_call(transport: &str) -> Result<()> {
     Ok(())
 }
 
+/// The other side of the proof: the same call with a tampered TURN password must not get
+/// through. Chromium reports the relay's 401 as an `icecandidateerror` and gathers nothing.
+#[tokio::test]
+async fn chromium_with_tampered_credential_gets_no_relay() -> Result<()> {
+    check_prerequisites().await?;
+    let relay = start_relay().await?;
+    let turn_url = format!("turn:{}?transport=udp", relay.addr("turn-udp"));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let key = TicketKey::new(&Secret::new("not-the-relay-secret"));
+    let (username, credential) = key.turn_credentials("turn-browser-test", now, 600);
+
+    let report = browser_call(&turn_url, &username, &credential).await?;
+    let call = &report["call"];
+    assert_eq!(report["passed"], false, "the call must fail: {report}");
+    assert_ne!(call["connectionState"]["sender"], "connected");
+    let errors = call["candidateErrors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        errors.iter().any(|e| e["errorCode"] == 401),
+        "expected Chromium to report 401 from vc-relay, got {errors:?}"
+    );
+    drop(relay);
+    Ok(())
+}
+
 #[tokio::test]
 async fn chromium_relay_only_call_over_udp() -> Result<()> {
     relay_only_call("udp").await
