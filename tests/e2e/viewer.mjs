@@ -112,7 +112,7 @@ async function main() {
     const password = 'correct horse battery';
     await page.goto(`${BASE}/`);
     await page.waitForSelector('form #email');
-    check('unauthenticated visitor lands on login', page.url().endsWith('#/login'), page.url());
+    check('unauthenticated visitor gets the login form', (await page.textContent('h1')) === 'Log in', page.url());
     await page.click('a[href="#/register"]');
     await page.fill('#email', email);
     await page.fill('#password', password);
@@ -160,7 +160,7 @@ async function main() {
 
     // 4. The camera scans it; the page's long-poll sees the activation -----------------------
     const tScan = Date.now();
-    await step('onboard', { qr: qrFile });
+    await step('onboard', { qr: qrFile, relay_only: true });
     await page.waitForSelector('#onboard-status[data-state="activated"]', { timeout: 30_000 });
     check('long-poll reports the activation', true, { ms: Date.now() - tScan });
 
@@ -186,8 +186,9 @@ async function main() {
     await page.screenshot({ path: join(ARTIFACTS, 'player-relay.png') });
     facts.statsLineRelay = await page.textContent('#stats-line');
 
-    // 7. Player, direct candidates allowed ---------------------------------------------------
+    // 7. Player, direct candidates allowed (the camera restarted without --relay-only) -------
     await page.uncheck('#relay-only');
+    await step('restart-camera', { relay_only: false });
     const direct = await waitStats(page, 'direct video',
       (s) => !s.relayOnly && s.state === 'playing' && s.local && s.framesDecoded >= MIN_FRAMES, 45_000);
     facts.direct = summary(direct);
@@ -222,7 +223,7 @@ async function main() {
 
     // 9. Camera back -> the page recovers by itself ------------------------------------------
     const tBack = Date.now();
-    await step('start-camera');
+    await step('start-camera', { relay_only: true });
     const back = await waitStats(page, 'video after the camera restarted',
       (s) => s.state === 'playing' && s.local && s.framesDecoded >= MIN_FRAMES, 60_000);
     facts.recoverMs = Date.now() - tBack;

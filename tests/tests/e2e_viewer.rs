@@ -62,9 +62,15 @@ fn camera_command(args: &[&str]) -> Command {
     cmd
 }
 
-/// `vc-camera run`, its output forwarded to the test's stderr.
-fn start_camera(state: &Path) -> Result<Child> {
-    let mut child = camera_command(&["run", "--state", &state.to_string_lossy()])
+/// `vc-camera run`, its output forwarded to the test's stderr. `relay_only`: the camera
+/// gathers relay candidates only, so the pair is relay/relay on both ends.
+fn start_camera(state: &Path, relay_only: bool) -> Result<Child> {
+    let state = state.to_string_lossy();
+    let mut args = vec!["run", "--state", &state];
+    if relay_only {
+        args.push("--relay-only");
+    }
+    let mut child = camera_command(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -224,9 +230,14 @@ async fn walk_through() -> Result<()> {
         "direct frames: {}",
         result["direct"]
     );
+    // vc-relay drains for `drain_secs` on SIGTERM; nothing to prove here, so it is killed on drop.
+    drop(relay);
     control.terminate().await?;
-    relay.terminate().await?;
     Ok(())
+}
+
+fn relay_only(data: &serde_json::Value) -> bool {
+    data["relay_only"].as_bool().unwrap_or(false)
 }
 
 /// What the page asked for: onboard the camera with the QR PNG it showed, kill it, start it.
@@ -260,7 +271,7 @@ async fn do_step(
                 String::from_utf8_lossy(&out.stderr)
             );
             ensure!(out.status.success(), "vc-camera onboard: {}", out.status);
-            *camera = Some(start_camera(state)?);
+            *camera = Some(start_camera(state, relay_only(data))?);
         }
         "kill-camera" => {
             let mut cam = camera.take().context("no camera running")?;
@@ -269,7 +280,13 @@ async fn do_step(
         }
         "start-camera" => {
             ensure!(camera.is_none(), "camera already running");
-            *camera = Some(start_camera(state)?);
+            *camera = Some(start_camera(state, relay_only(data))?);
+        }
+        "restart-camera" => {
+            if let Some(mut cam) = camera.take() {
+                cam.kill().await?;
+            }
+            *camera = Some(start_camera(state, relay_only(data))?);
         }
         other => bail!("unknown step {other}"),
     }
