@@ -32,6 +32,8 @@ pub struct App {
     pub passwords: auth::Passwords,
     pub tickets: TicketKey,
     pub login_limiter: auth::LoginLimiter,
+    /// The camera models, read once at start.
+    pub models: Vec<routes::onboarding::CameraModel>,
     /// Device ids as they activate, to wake check-status long polls.
     pub activations: broadcast::Sender<Uuid>,
     pub rng: ring::rand::SystemRandom,
@@ -44,6 +46,7 @@ impl App {
         let jwt_secret = secret_or_generate(&config.jwt_secret, &config, "jwt.secret")?;
         let ticket_secret = secret_or_generate(&config.ticket_secret, &config, "ticket.secret")?;
         let db = db::Db::connect(&config.database_url, config.db_max_connections).await?;
+        let models = routes::onboarding::load_models(&db).await?;
         let (activations, _) = broadcast::channel(1024);
         Ok(Arc::new(Self {
             jwt: auth::Jwt::new(&jwt_secret, config.jwt_ttl_secs),
@@ -53,6 +56,7 @@ impl App {
                 config.login_max_failures,
                 Duration::from_secs(config.login_window_secs),
             ),
+            models,
             activations,
             rng: ring::rand::SystemRandom::new(),
             metrics: routes::health::metrics_handle(),

@@ -105,48 +105,48 @@ async fn activate_inner(ctx: &Ctx, body: Result<Bytes, ApiError>) -> Result<Resp
     let token_hash = token.hash();
     let now = now_secs();
 
-    let mut tx = ctx.db.begin_write().await?;
-    // The same owner re-onboarding a camera (after a reset) replaces its old registration.
-    // First statement writes, so SQLite's write lock is held from the start.
-    sqlx::query(
-        "DELETE FROM devices WHERE device_uid = $1 AND token_hash <> $2 \
-         AND owner_id = (SELECT owner_id FROM devices WHERE token_hash = $2)",
-    )
-    .bind(uid.as_str())
-    .bind(&token_hash)
-    .execute(&mut *tx)
-    .await?;
-    let updated = sqlx::query(
-        "UPDATE devices SET device_uid = $1, secret_hash = $2, local_ip = $3, \
-         status = CASE WHEN status = 'pending' THEN 'offline' ELSE status END, \
-         activated_at = COALESCE(activated_at, $4) \
-         WHERE token_hash = $5 AND token_expires_at > $4 AND camera_model = $6 \
-         AND (device_uid IS NULL OR device_uid = $1) RETURNING id",
-    )
-    .bind(uid.as_str())
-    .bind(secret.hash())
-    .bind(local_ip)
-    .bind(now)
-    .bind(&token_hash)
-    .bind(&req.camera_model)
-    .fetch_optional(&mut *tx)
-    .await;
-    let row = match updated {
-        Ok(row) => row,
-        Err(e) if is_unique_violation(&e) => {
-            return Err(ApiError::conflict(
-                "device_uid_conflict",
-                "this camera is registered to another account",
-            ))
-        }
-        Err(e) => return Err(e.into()),
+    let update = ActivationUpdate {
+        uid: uid.as_str(),
+        secret_hash: secret.hash(),
+        local_ip,
+        now,
+        token_hash: &token_hash,
+        camera_model: &req.camera_model,
     };
-    let Some(row) = row else {
-        tx.rollback().await?;
+    // Common case: one atomic statement. Only when the camera's uid is already taken do we
+    // need the transaction that first removes the same owner's older registration.
+    let id = match update.run(&ctx.db.pool).await {
+        Err(e) if is_unique_violation(&e) => {
+            let mut tx = ctx.db.begin_write().await?;
+            // The same owner re-onboarding a camera (after a reset) replaces its old
+            // registration; another owner's stays and this activation is refused.
+            sqlx::query(
+                "DELETE FROM devices WHERE device_uid = $1 AND token_hash <> $2 \
+                 AND owner_id = (SELECT owner_id FROM devices WHERE token_hash = $2)",
+            )
+            .bind(uid.as_str())
+            .bind(&token_hash)
+            .execute(&mut *tx)
+            .await?;
+            match update.run(&mut *tx).await {
+                Ok(id) => {
+                    tx.commit().await?;
+                    id
+                }
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(ApiError::conflict(
+                        "device_uid_conflict",
+                        "this camera is registered to another account",
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        other => other?,
+    };
+    let Some(id) = id else {
         return Err(classify_failure(ctx, &token_hash, uid.as_str(), &req.camera_model, now).await);
     };
-    let id: String = row.try_get("id")?;
-    tx.commit().await?;
     let device_id = Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.to_string()))?;
     // Nobody waiting is fine.
     let _ = ctx.activations.send(device_id);
@@ -159,6 +159,43 @@ async fn activate_inner(ctx: &Ctx, body: Result<Bytes, ApiError>) -> Result<Resp
             turn_uris: ctx.config.relay.turn_uris.clone(),
         },
     ))
+}
+
+/// The conditional update that activates a token: it matches only an unexpired token of
+/// the right model that no other camera has claimed, so of concurrent activations exactly
+/// one camera's update matches (the row lock / SQLite's single writer serialise them).
+struct ActivationUpdate<'a> {
+    uid: &'a str,
+    secret_hash: String,
+    local_ip: Option<String>,
+    now: i64,
+    token_hash: &'a str,
+    camera_model: &'a str,
+}
+
+impl ActivationUpdate<'_> {
+    /// The activated device's id, or `None` when no row matched.
+    async fn run<'e, E>(&self, executor: E) -> Result<Option<String>, sqlx::Error>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        let row = sqlx::query(
+            "UPDATE devices SET device_uid = $1, secret_hash = $2, local_ip = $3, \
+             status = CASE WHEN status = 'pending' THEN 'offline' ELSE status END, \
+             activated_at = COALESCE(activated_at, $4) \
+             WHERE token_hash = $5 AND token_expires_at > $4 AND camera_model = $6 \
+             AND (device_uid IS NULL OR device_uid = $1) RETURNING id",
+        )
+        .bind(self.uid)
+        .bind(&self.secret_hash)
+        .bind(self.local_ip.as_deref())
+        .bind(self.now)
+        .bind(self.token_hash)
+        .bind(self.camera_model)
+        .fetch_optional(executor)
+        .await?;
+        row.map(|r| r.try_get::<String, _>("id")).transpose()
+    }
 }
 
 fn unknown_token() -> ApiError {

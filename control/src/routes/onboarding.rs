@@ -87,18 +87,16 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// Lists the supported camera models.
-#[utoipa::path(get, path = "/api/camera/models", tag = "onboarding",
-    responses((status = 200, description = "Camera models", body = Vec<CameraModel>)))]
-pub async fn models(ctx: Ctx) -> Result<Response, ApiError> {
+/// Reads the camera models (seeded by migrations; they change only with a new release,
+/// so they are read once at start).
+pub async fn load_models(db: &crate::db::Db) -> Result<Vec<CameraModel>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT code, display_name, audio, ptz, night_vision, max_resolution \
          FROM camera_models ORDER BY sort_order, code",
     )
-    .fetch_all(&ctx.db.pool)
+    .fetch_all(&db.pool)
     .await?;
-    let models = rows
-        .iter()
+    rows.iter()
         .map(|r| {
             Ok(CameraModel {
                 code: r.try_get("code")?,
@@ -111,8 +109,14 @@ pub async fn models(ctx: Ctx) -> Result<Response, ApiError> {
                 },
             })
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(json_response(StatusCode::OK, &models))
+        .collect()
+}
+
+/// Lists the supported camera models.
+#[utoipa::path(get, path = "/api/camera/models", tag = "onboarding",
+    responses((status = 200, description = "Camera models", body = Vec<CameraModel>)))]
+pub async fn models(ctx: Ctx) -> Result<Response, ApiError> {
+    Ok(json_response(StatusCode::OK, &ctx.models))
 }
 
 /// Creates a pending camera and its one-time activation QR code.
@@ -133,15 +137,14 @@ pub async fn onboard(
     let req: OnboardRequest = parse_json(&body?)?;
     let ssid = WifiSsid::parse(req.wifi_ssid)?;
     let wifi_password = WifiPassword::parse(req.wifi_password)?;
-    let model = sqlx::query("SELECT display_name FROM camera_models WHERE code = $1")
-        .bind(&req.camera_model)
-        .fetch_optional(&ctx.db.pool)
-        .await?
+    let model = ctx
+        .models
+        .iter()
+        .find(|m| m.code == req.camera_model)
         .ok_or_else(|| {
             ApiError::validation("unknown_model", "camera_model is not a supported model")
         })?;
-    let display_name: String = model.try_get("display_name")?;
-    let name = DeviceName::parse(req.device_name.as_deref().unwrap_or(&display_name))?;
+    let name = DeviceName::parse(req.device_name.as_deref().unwrap_or(&model.display_name))?;
 
     let token = DeviceToken::generate(&ctx.rng)?;
     let device_id = Uuid::new_v4();
