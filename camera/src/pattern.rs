@@ -47,21 +47,27 @@ impl TestPattern {
         let bar_w = w.div_ceil(BARS.len()).max(1);
         let (y_plane, chroma) = self.buf.split_at_mut(w * h);
         let (u_plane, v_plane) = chroma.split_at_mut(cw * ch);
+        // Bars depend on x only: compute one row, then shade it per row.
+        let bars: Vec<(u8, u8, u8)> = (0..w)
+            .map(|x| BARS[(((x + shift) % w) / bar_w) % BARS.len()])
+            .collect();
         for y in 0..h {
+            // A soft vertical gradient over the bars so motion is visible everywhere.
+            let shade = ((3 * h - y) << 8) / (3 * h);
             let row = &mut y_plane[y * w..(y + 1) * w];
-            for (x, px) in row.iter_mut().enumerate() {
-                let bar = ((x + shift) % w) / bar_w;
-                // A soft vertical gradient over the bars so motion is visible everywhere.
-                let luma = BARS[bar % BARS.len()].0 as usize;
-                *px = (luma * (3 * h - y) / (3 * h)) as u8;
+            for (px, bar) in row.iter_mut().zip(&bars) {
+                *px = ((bar.0 as usize * shade) >> 8) as u8;
             }
         }
         for y in 0..ch {
-            for x in 0..cw {
-                let bar = ((2 * x + shift) % w) / bar_w;
-                let (_, u, v) = BARS[bar % BARS.len()];
-                u_plane[y * cw + x] = u;
-                v_plane[y * cw + x] = v;
+            let (u_row, v_row) = (
+                &mut u_plane[y * cw..(y + 1) * cw],
+                &mut v_plane[y * cw..(y + 1) * cw],
+            );
+            for (x, (u, v)) in u_row.iter_mut().zip(v_row.iter_mut()).enumerate() {
+                let bar = bars[2 * x];
+                *u = bar.1;
+                *v = bar.2;
             }
         }
         // A grey block bouncing across the frame.
