@@ -1,0 +1,315 @@
+//! vc-relay's TURN server against coturn's own test client (`turnutils_uclient`, a client
+//! nobody here wrote) and its echo peer (`turnutils_peer`): ChannelData and Send/Data
+//! indications, 1 and 50 sessions, client-to-client, over UDP and TCP; TURN REST tickets
+//! minted like vc-control's ticket endpoint; expired and tampered tickets refused (raw STUN).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use relay::stun::{attr, errors, Class, Message, MessageBuilder, Method};
+use relay::turn::auth::hmac_sha1;
+use shared::ticket::TicketKey;
+use tokio::process::{Child, Command};
+use vc_tests::Running;
+
+const SECRET: &str = "turn-test-secret";
+const REALM: &str = "vc.test";
+
+fn have_coturn() -> bool {
+    std::process::Command::new("turnutils_uclient")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+async fn start_relay() -> Result<Running> {
+    vc_tests::start(
+        "vc-relay",
+        &[],
+        &[
+            ("VC_TICKET_SECRET", SECRET),
+            ("VC_TURN__LISTEN", "127.0.0.1:0"),
+            ("VC_TURN__REALM", REALM),
+            ("VC_TURN__USERS", "[\"bench:bench\"]"),
+            ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
+            ("VC_TURN__USER_QUOTA", "0"),
+            ("VC_TURN__THREADS", "2"),
+            ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
+            ("VC_DRAIN_SECS", "0"),
+        ],
+    )
+    .await
+}
+
+/// A free UDP port `p` with `p + 1` free too (turnutils_peer listens on both).
+fn free_port_pair() -> Result<u16> {
+    for _ in 0..100 {
+        let s = UdpSocket::bind("127.0.0.1:0")?;
+        let p = s.local_addr()?.port();
+        if p < 65535 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            return Ok(p);
+        }
+    }
+    bail!("no free port pair")
+}
+
+/// Starts `turnutils_peer` (UDP echo) and waits until it has bound its port.
+async fn start_peer() -> Result<(Child, u16)> {
+    let port = free_port_pair()?;
+    let child = Command::new("turnutils_peer")
+        .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn turnutils_peer (apt-get install coturn)")?;
+    for _ in 0..100 {
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            return Ok((child, port));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("turnutils_peer did not bind {port}")
+}
+
+/// uclient's closing report.
+#[derive(Debug, Default)]
+struct Report {
+    sent: u64,
+    received: u64,
+    lost: Option<u64>,
+}
+
+fn parse_report(out: &str) -> Report {
+    let mut r = Report::default();
+    let num = |s: &str| -> u64 {
+        s.chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    };
+    for line in out.lines() {
+        if let (Some(a), Some(b)) = (line.find("tot_send_msgs="), line.find("tot_recv_msgs=")) {
+            r.sent = num(&line[a + 14..]);
+            r.received = num(&line[b + 14..]);
+        }
+        if let Some(a) = line.find("Total lost packets ") {
+            r.lost = Some(num(&line[a + 19..]));
+        }
+    }
+    r
+}
+
+/// Runs uclient against the relay and checks that every message came back.
+async fn uclient(relay: &Running, args: &[&str], sessions: u64, messages: u64) -> Result<Report> {
+    let addr: SocketAddr = relay.addr("turn-udp").parse()?;
+    let mut cmd = Command::new("turnutils_uclient");
+    cmd.args(args)
+        .args(["-n", &messages.to_string(), "-m", &sessions.to_string()])
+        .args(["-l", "120", "-z", "5", "-c", "-p", &addr.port().to_string()])
+        .arg(addr.ip().to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .context("uclient timed out")??;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let report = parse_report(&text);
+    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+    anyhow::ensure!(out.status.success(), "uclient {args:?} failed: {tail:#?}");
+    anyhow::ensure!(
+        report.sent == sessions * messages
+            && report.received == report.sent
+            && report.lost == Some(0),
+        "uclient {args:?}: not all echoed: {report:?}\n{tail:#?}"
+    );
+    Ok(report)
+}
+
+async fn with_peer(args: &[&str], sessions: u64, messages: u64) -> Result<()> {
+    if !have_coturn() {
+        bail!("turnutils_uclient not installed (.ci/setup installs coturn)");
+    }
+    let relay = start_relay().await?;
+    let (_peer, port) = start_peer().await?;
+    let port = port.to_string();
+    let mut all = vec![
+        "-e",
+        "127.0.0.1",
+        "-r",
+        port.as_str(),
+        "-u",
+        "bench",
+        "-w",
+        "bench",
+    ];
+    all.extend_from_slice(args);
+    uclient(&relay, &all, sessions, messages).await?;
+    relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn udp_channel_data_one_session() -> Result<()> {
+    with_peer(&[], 1, 200).await
+}
+
+#[tokio::test]
+async fn udp_channel_data_fifty_sessions() -> Result<()> {
+    with_peer(&[], 50, 100).await
+}
+
+#[tokio::test]
+async fn udp_send_indications_one_session() -> Result<()> {
+    with_peer(&["-s"], 1, 200).await
+}
+
+#[tokio::test]
+async fn udp_send_indications_fifty_sessions() -> Result<()> {
+    with_peer(&["-s"], 50, 100).await
+}
+
+#[tokio::test]
+async fn tcp_channel_data_and_send_indications() -> Result<()> {
+    with_peer(&["-t"], 10, 100).await?;
+    with_peer(&["-t", "-s"], 10, 100).await
+}
+
+#[tokio::test]
+async fn udp_client_to_client() -> Result<()> {
+    if !have_coturn() {
+        bail!("turnutils_uclient not installed (.ci/setup installs coturn)");
+    }
+    let relay = start_relay().await?;
+    uclient(&relay, &["-y", "-u", "bench", "-w", "bench"], 50, 100).await?;
+    relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn rest_credentials_from_ticket_secret_accepted() -> Result<()> {
+    // uclient -W derives `<now + 24 h>:<user>` / base64(HMAC-SHA1(secret, username)): the
+    // scheme of shared::ticket::TicketKey::turn_credentials, which vc-control's ticket
+    // endpoint uses.
+    if !have_coturn() {
+        bail!("turnutils_uclient not installed (.ci/setup installs coturn)");
+    }
+    let relay = start_relay().await?;
+    let (_peer, port) = start_peer().await?;
+    let port = port.to_string();
+    let args = [
+        "-e",
+        "127.0.0.1",
+        "-r",
+        port.as_str(),
+        "-u",
+        "camera-1",
+        "-W",
+        SECRET,
+    ];
+    uclient(&relay, &args, 2, 100).await?;
+    relay.terminate().await?;
+    Ok(())
+}
+
+/// One request/response over a raw UDP socket.
+async fn exchange(sock: &tokio::net::UdpSocket, to: SocketAddr, req: &[u8]) -> Result<Vec<u8>> {
+    sock.send_to(req, to).await?;
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .context("no response")??;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn allocate_request(tid: u8, creds: Option<(&str, &str, &[u8])>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut b = MessageBuilder::new(&mut buf, Class::Request, Method::Allocate, &[tid; 12]);
+    b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    if let Some((user, pass, nonce)) = creds {
+        let key = relay::stun::integrity::long_term_key(
+            user.as_bytes(),
+            REALM.as_bytes(),
+            pass.as_bytes(),
+        );
+        b.attr(attr::USERNAME, user.as_bytes());
+        b.attr(attr::REALM, REALM.as_bytes());
+        b.attr(attr::NONCE, nonce);
+        b.integrity(hmac_sha1(&key));
+    }
+    b.fingerprint();
+    buf
+}
+
+#[tokio::test]
+async fn rest_credentials_expired_or_tampered_rejected() -> Result<()> {
+    let relay = start_relay().await?;
+    let server: SocketAddr = relay.addr("turn-udp").parse()?;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let key = TicketKey::new(&shared::Secret::new(SECRET));
+    let now = shared::ticket::unix_now();
+
+    let resp = exchange(&sock, server, &allocate_request(1, None)).await?;
+    let m = Message::parse(&resp)?;
+    let code = m
+        .attribute(attr::ERROR_CODE)
+        .and_then(errors::decode_error_code);
+    assert_eq!(code, Some(401));
+    let nonce = m.attribute(attr::NONCE).context("NONCE")?.to_vec();
+
+    let code_of = |resp: &[u8]| -> Result<Option<u16>> {
+        let m = Message::parse(resp)?;
+        Ok(m.attribute(attr::ERROR_CODE)
+            .and_then(errors::decode_error_code))
+    };
+    // Expired an hour ago.
+    let (user, pass) = key.turn_credentials("dev-1", now - 7200, 3600);
+    let resp = exchange(
+        &sock,
+        server,
+        &allocate_request(2, Some((&user, &pass, &nonce))),
+    )
+    .await?;
+    assert_eq!(code_of(&resp)?, Some(401), "expired ticket");
+    // Expiry pushed into the future by hand: the HMAC no longer matches.
+    let (user, pass) = key.turn_credentials("dev-1", now, 600);
+    let forged_user = format!("{}:dev-1", now + 86_400);
+    let resp = exchange(
+        &sock,
+        server,
+        &allocate_request(3, Some((&forged_user, &pass, &nonce))),
+    )
+    .await?;
+    assert_eq!(code_of(&resp)?, Some(401), "tampered username");
+    // Signed with another secret.
+    let other = TicketKey::new(&shared::Secret::new("not-the-secret"));
+    let (ouser, opass) = other.turn_credentials("dev-1", now, 600);
+    let resp = exchange(
+        &sock,
+        server,
+        &allocate_request(4, Some((&ouser, &opass, &nonce))),
+    )
+    .await?;
+    assert_eq!(code_of(&resp)?, Some(401), "foreign secret");
+    // The genuine ticket works.
+    let resp = exchange(
+        &sock,
+        server,
+        &allocate_request(5, Some((&user, &pass, &nonce))),
+    )
+    .await?;
+    let m = Message::parse(&resp)?;
+    assert_eq!(m.class(), Class::Success);
+    assert!(m.attribute(attr::XOR_RELAYED_ADDRESS).is_some());
+    relay.terminate().await?;
+    Ok(())
+}
