@@ -187,7 +187,7 @@ impl<'a> Message<'a> {
             return Err(DecodeError::NotStun);
         }
         let len = u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
-        if len % 4 != 0 {
+        if !len.is_multiple_of(4) {
             return Err(DecodeError::BadLength);
         }
         if HEADER_LEN + len > bytes.len() {
