@@ -1,0 +1,1 @@
+//! Load drivers live in `src/bin/` (one binary per workload); see `benches/README.md`.

@@ -222,7 +222,10 @@ mod tests {
         // base64(HMAC-SHA1("benchsecret", "1700000000:bench")), computed independently with
         // `printf %s 1700000000:bench | openssl dgst -sha1 -hmac benchsecret -binary | base64`.
         let k = key();
-        assert_eq!(k.turn_password("1700000000:bench"), "2454w2lXwf7oiLtfpgzieSMgXRI=");
+        assert_eq!(
+            k.turn_password("1700000000:bench"),
+            "2454w2lXwf7oiLtfpgzieSMgXRI="
+        );
     }
 
     #[test]
@@ -249,11 +252,15 @@ mod tests {
             Err(Error::BadSignature)
         ));
         // A longer expiry written into the username invalidates the credential.
-        assert!(k.verify_turn_credentials("9999999999:dev-1", &pass, 1_000).is_err());
+        assert!(k
+            .verify_turn_credentials("9999999999:dev-1", &pass, 1_000)
+            .is_err());
         // Another secret's credential.
         let other = TicketKey::new(&Secret::new("other"));
         assert!(other.verify_turn_credentials(&user, &pass, 1_000).is_err());
-        assert!(k.verify_turn_credentials(&user, "not base64!", 1_000).is_err());
+        assert!(k
+            .verify_turn_credentials(&user, "not base64!", 1_000)
+            .is_err());
     }
 
     #[test]
@@ -280,7 +287,10 @@ mod tests {
     fn signaling_expired_rejected() {
         let k = key();
         let (token, _) = k.mint_signaling("u", Role::Viewer, vec![], 1_000, 600);
-        assert!(matches!(k.verify_signaling(&token, 1_600), Err(Error::Expired)));
+        assert!(matches!(
+            k.verify_signaling(&token, 1_600),
+            Err(Error::Expired)
+        ));
     }
 
     #[test]
@@ -302,7 +312,10 @@ mod tests {
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(serde_json::to_vec(&forged_claims).unwrap());
         let forged = format!("{}.{}.{}", parts[0], payload, parts[2]);
-        assert!(matches!(k.verify_signaling(&forged, 1_100), Err(Error::BadSignature)));
+        assert!(matches!(
+            k.verify_signaling(&forged, 1_100),
+            Err(Error::BadSignature)
+        ));
         // Signed with another secret.
         let other = TicketKey::new(&Secret::new("other"));
         let (token2, _) = other.mint_signaling("u", Role::Viewer, vec![dev], 1_000, 600);
@@ -313,9 +326,7 @@ mod tests {
     #[test]
     fn signaling_wrong_audience_rejected() {
         let k = key();
-        let mut claims = k
-            .mint_signaling("u", Role::Viewer, vec![], 1_000, 600)
-            .1;
+        let mut claims = k.mint_signaling("u", Role::Viewer, vec![], 1_000, 600).1;
         claims.aud = "vc-login".into();
         let token = k.sign_signaling(&claims);
         assert!(k.verify_signaling(&token, 1_100).is_err());
@@ -333,8 +344,13 @@ mod tests {
     #[test]
     fn camera_token_names_one_device() {
         let k = key();
-        let (token, _) =
-            k.mint_signaling("d", Role::Camera, vec![Uuid::new_v4(), Uuid::new_v4()], 1_000, 600);
+        let (token, _) = k.mint_signaling(
+            "d",
+            Role::Camera,
+            vec![Uuid::new_v4(), Uuid::new_v4()],
+            1_000,
+            600,
+        );
         assert!(k.verify_signaling(&token, 1_100).is_err());
     }
 }
