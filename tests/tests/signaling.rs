@@ -1,0 +1,795 @@
+//! vc-relay's signaling plane end to end: real `vc-control` (SQLite) and `vc-relay` on
+//! ephemeral ports sharing a ticket secret, a user and activated cameras created through the
+//! HTTP API, cameras and viewers on real WebSockets.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+use shared::api::{ActivateResponse, TicketResponse};
+use shared::signaling::{ClientMessage, ErrorCode, IceCandidate, ServerMessage};
+use shared::ticket::{unix_now, Role, TicketKey};
+use shared::Secret;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+use vc_tests::{start, Running};
+
+const SECRET: &str = "signaling-test-ticket-secret";
+const STEP: Duration = Duration::from_secs(5);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Control {
+    _running: Running,
+    base: String,
+    http: Client,
+    _data: tempfile::TempDir,
+}
+
+impl Control {
+    async fn start() -> Result<Self> {
+        let data = tempfile::tempdir()?;
+        let url = format!("sqlite://{}/vc.db?mode=rwc", data.path().display());
+        let data_dir = data.path().display().to_string();
+        let running = start(
+            "vc-control",
+            &[],
+            &[
+                ("VC_LISTEN", "127.0.0.1:0"),
+                ("VC_DATABASE_URL", url.as_str()),
+                ("VC_DATA_DIR", data_dir.as_str()),
+                ("VC_TICKET_SECRET", SECRET),
+                ("VC_ARGON2__MEMORY_KIB", "1024"),
+                ("VC_ARGON2__ITERATIONS", "1"),
+                ("RUST_LOG", "warn"),
+            ],
+        )
+        .await?;
+        Ok(Self {
+            base: running.url("http"),
+            _running: running,
+            http: Client::builder().timeout(Duration::from_secs(20)).build()?,
+            _data: data,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        jwt: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = jwt {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await?;
+        let status = res.status();
+        let text = res.text().await?;
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("{path}: {text}"))?
+        };
+        Ok((status, v))
+    }
+
+    async fn user(&self, email: &str) -> Result<String> {
+        let creds = json!({"email": email, "password": "password123"});
+        let (s, v) = self
+            .call(Method::POST, "/api/register", None, Some(creds.clone()))
+            .await?;
+        ensure!(s == StatusCode::CREATED, "register {s} {v}");
+        let (s, v) = self
+            .call(Method::POST, "/api/login", None, Some(creds))
+            .await?;
+        ensure!(s == StatusCode::OK, "login {s} {v}");
+        Ok(v["access_token"].as_str().context("jwt")?.to_owned())
+    }
+
+    /// Onboards and activates a camera; returns `(device_id, device_secret)`.
+    async fn camera(&self, jwt: &str, uid: &str) -> Result<(Uuid, String)> {
+        let (s, ob) = self
+            .call(
+                Method::POST,
+                "/api/camera/onboard",
+                Some(jwt),
+                Some(
+                    json!({"camera_model": "CP_PLUS_WIFI_V2", "wifi_ssid": "HomeNet",
+                            "wifi_password": "wifi-pass-123", "device_name": uid}),
+                ),
+            )
+            .await?;
+        ensure!(s == StatusCode::CREATED, "onboard {s} {ob}");
+        let (s, v) = self
+            .call(
+                Method::POST,
+                "/api/camera/activate",
+                None,
+                Some(
+                    json!({"device_token": ob["device_token"], "device_uid": uid,
+                            "camera_model": "CP_PLUS_WIFI_V2"}),
+                ),
+            )
+            .await?;
+        ensure!(s == StatusCode::OK, "activate {s} {v}");
+        let act: ActivateResponse = serde_json::from_value(v)?;
+        Ok((act.device_id, act.device_secret))
+    }
+
+    async fn camera_ticket(&self, device: Uuid, secret: &str) -> Result<TicketResponse> {
+        let (s, v) = self
+            .call(
+                Method::POST,
+                "/api/relay/ticket",
+                None,
+                Some(json!({"device_id": device, "device_secret": secret})),
+            )
+            .await?;
+        ensure!(s == StatusCode::OK, "camera ticket {s} {v}");
+        Ok(serde_json::from_value(v)?)
+    }
+
+    async fn viewer_ticket(&self, jwt: &str, device: Uuid) -> Result<TicketResponse> {
+        let (s, v) = self
+            .call(
+                Method::POST,
+                "/api/relay/ticket",
+                Some(jwt),
+                Some(json!({"device_id": device})),
+            )
+            .await?;
+        ensure!(s == StatusCode::OK, "viewer ticket {s} {v}");
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// The device as `GET /api/camera/devices` lists it.
+    async fn listed(&self, jwt: &str, device: Uuid) -> Result<Value> {
+        let (s, v) = self
+            .call(Method::GET, "/api/camera/devices", Some(jwt), None)
+            .await?;
+        ensure!(s == StatusCode::OK, "devices {s} {v}");
+        v.as_array()
+            .context("device list")?
+            .iter()
+            .find(|d| d["id"] == device.to_string())
+            .cloned()
+            .context("device not listed")
+    }
+
+    /// Waits until the device list shows `status`; returns how long it took.
+    async fn wait_status(&self, jwt: &str, device: Uuid, status: &str) -> Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            let d = self.listed(jwt, device).await?;
+            if d["status"] == status {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                bail!("device {device} did not become {status}: {d}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+async fn start_relay(control_url: &str, extra: &[(&str, &str)]) -> Result<Running> {
+    let mut env = vec![
+        ("VC_TICKET_SECRET", SECRET),
+        ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
+        ("VC_SIGNALING__CONTROL_URL", control_url),
+        ("VC_SIGNALING__AUTH_TIMEOUT_SECS", "1"),
+        ("VC_SIGNALING__PRESENCE_RESYNC_SECS", "1"),
+        ("VC_TURN__LISTEN", "127.0.0.1:0"),
+        ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
+        ("RUST_LOG", "warn"),
+    ];
+    env.extend_from_slice(extra);
+    start("vc-relay", &[], &env).await
+}
+
+async fn ws_connect(url: &str) -> Result<Ws> {
+    let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url))
+        .await
+        .context("connect timed out")??;
+    Ok(ws)
+}
+
+/// HTTP status of a refused upgrade.
+async fn refused(url: &str) -> Result<StatusCode> {
+    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url)).await? {
+        Ok(_) => bail!("upgrade to {url} was accepted"),
+        Err(WsError::Http(resp)) => Ok(StatusCode::from_u16(resp.status().as_u16())?),
+        Err(e) => bail!("upgrade failed without an HTTP status: {e}"),
+    }
+}
+
+async fn send(ws: &mut Ws, msg: &ClientMessage) -> Result<()> {
+    ws.send(Message::text(serde_json::to_string(msg)?)).await?;
+    Ok(())
+}
+
+/// The next relay message (pings skipped); errors on close or timeout.
+async fn recv(ws: &mut Ws) -> Result<ServerMessage> {
+    loop {
+        let m = tokio::time::timeout(STEP, ws.next())
+            .await
+            .context("no message within 5 s")?
+            .context("stream ended")??;
+        match m {
+            Message::Text(t) => return Ok(serde_json::from_str(&t)?),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => bail!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Waits for the close frame; returns its code and reason.
+async fn closed(ws: &mut Ws) -> Result<(u16, String)> {
+    loop {
+        let m = tokio::time::timeout(STEP, ws.next())
+            .await
+            .context("not closed within 5 s")?;
+        match m {
+            Some(Ok(Message::Close(Some(f)))) => return Ok((f.code.into(), f.reason.to_string())),
+            Some(Ok(Message::Close(None))) | None => return Ok((0, String::new())),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("error before close: {e}"),
+        }
+    }
+}
+
+fn expect_error(m: ServerMessage, want: ErrorCode) -> Result<()> {
+    match m {
+        ServerMessage::Error { code, .. } if code == want => Ok(()),
+        other => bail!("expected error {want:?}, got {other:?}"),
+    }
+}
+
+fn cand(n: u16) -> IceCandidate {
+    IceCandidate {
+        candidate: format!(
+            "candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host",
+            40000 + n
+        ),
+        sdp_mid: Some("0".into()),
+        sdp_mline_index: Some(0),
+        username_fragment: None,
+    }
+}
+
+/// Opens a session from `viewer` to `device`.
+async fn open_session(viewer: &mut Ws, device: Uuid) -> Result<Uuid> {
+    send(viewer, &ClientMessage::Connect { device_id: device }).await?;
+    match recv(viewer).await? {
+        ServerMessage::Session {
+            session_id,
+            device_id,
+        } if device_id == device => Ok(session_id),
+        other => bail!("expected session, got {other:?}"),
+    }
+}
+
+async fn welcome(ws: &mut Ws) -> Result<(Role, Option<Uuid>, Vec<shared::signaling::IceServer>)> {
+    match recv(ws).await? {
+        ServerMessage::Welcome {
+            role,
+            device_id,
+            ice_servers,
+            ..
+        } => Ok((role, device_id, ice_servers)),
+        other => bail!("expected welcome, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn signaling_end_to_end() -> Result<()> {
+    let control = Control::start().await?;
+    let relay = start_relay(&control.base, &[]).await?;
+    let ws_base = format!("ws://{}/ws", relay.addr("signaling"));
+    let key = TicketKey::new(&Secret::new(SECRET));
+
+    let alice = control.user("alice@example.com").await?;
+    let (dev, dev_secret) = control.camera(&alice, "CAM-A").await?;
+    let (dev2, _) = control.camera(&alice, "CAM-A2").await?;
+    ensure!(control.listed(&alice, dev).await?["status"] == "offline");
+
+    // Camera connects with ?token= and gets a welcome with TURN credentials that verify.
+    let ct = control.camera_ticket(dev, &dev_secret).await?;
+    let mut cam = ws_connect(&format!("{ws_base}?token={}", ct.signaling.token)).await?;
+    let (role, device_id, ice) = welcome(&mut cam).await?;
+    ensure!(
+        role == Role::Camera && device_id == Some(dev),
+        "{role:?} {device_id:?}"
+    );
+    if let Some(turn) = relay.addrs.get("turn-udp") {
+        let server = ice
+            .first()
+            .context("ice_servers empty although TURN listens")?;
+        let port = turn.rsplit(':').next().unwrap_or_default();
+        ensure!(
+            server
+                .urls
+                .iter()
+                .all(|u| u.starts_with("turn:") && u.contains(&format!(":{port}?transport="))),
+            "{:?} vs TURN {turn}",
+            server.urls
+        );
+    }
+    for s in &ice {
+        key.verify_turn_credentials(&s.username, &s.credential, unix_now())?;
+        ensure!(s.username.ends_with(&format!(":{dev}")), "{}", s.username);
+    }
+
+    // Presence: online in the device list within 2 s.
+    let took = control.wait_status(&alice, dev, "online").await?;
+    ensure!(took < Duration::from_secs(2), "online after {took:?}");
+    ensure!(!control.listed(&alice, dev).await?["last_seen"].is_null());
+
+    // Viewer authenticates with a first `auth` message.
+    let vt = control.viewer_ticket(&alice, dev).await?;
+    let mut v1 = ws_connect(&ws_base).await?;
+    send(
+        &mut v1,
+        &ClientMessage::Auth {
+            token: vt.signaling.token.clone(),
+        },
+    )
+    .await?;
+    let (role, _, ice) = welcome(&mut v1).await?;
+    ensure!(role == Role::Viewer, "{role:?}");
+    for s in &ice {
+        key.verify_turn_credentials(&s.username, &s.credential, unix_now())?;
+    }
+
+    // offer -> camera, answer -> viewer, candidates both ways.
+    let s1 = open_session(&mut v1, dev).await?;
+    send(
+        &mut v1,
+        &ClientMessage::Offer {
+            session_id: s1,
+            sdp: "v=0 offer-1".into(),
+        },
+    )
+    .await?;
+    ensure!(
+        recv(&mut cam).await?
+            == ServerMessage::Offer {
+                session_id: s1,
+                sdp: "v=0 offer-1".into()
+            }
+    );
+    send(
+        &mut cam,
+        &ClientMessage::Answer {
+            session_id: s1,
+            sdp: "v=0 answer-1".into(),
+        },
+    )
+    .await?;
+    ensure!(
+        recv(&mut v1).await?
+            == ServerMessage::Answer {
+                session_id: s1,
+                sdp: "v=0 answer-1".into()
+            }
+    );
+    send(
+        &mut v1,
+        &ClientMessage::Candidate {
+            session_id: s1,
+            candidate: cand(1),
+        },
+    )
+    .await?;
+    ensure!(
+        recv(&mut cam).await?
+            == ServerMessage::Candidate {
+                session_id: s1,
+                candidate: cand(1)
+            }
+    );
+    send(
+        &mut cam,
+        &ClientMessage::Candidate {
+            session_id: s1,
+            candidate: cand(2),
+        },
+    )
+    .await?;
+    ensure!(
+        recv(&mut v1).await?
+            == ServerMessage::Candidate {
+                session_id: s1,
+                candidate: cand(2)
+            }
+    );
+
+    // A second viewer; messages reach only their own session's peer.
+    let vt2 = control.viewer_ticket(&alice, dev).await?;
+    let mut v2 = ws_connect(&format!("{ws_base}?token={}", vt2.signaling.token)).await?;
+    welcome(&mut v2).await?;
+    let s2 = open_session(&mut v2, dev).await?;
+    ensure!(s2 != s1);
+    send(
+        &mut v2,
+        &ClientMessage::Offer {
+            session_id: s2,
+            sdp: "offer-2".into(),
+        },
+    )
+    .await?;
+    ensure!(
+        recv(&mut cam).await?
+            == ServerMessage::Offer {
+                session_id: s2,
+                sdp: "offer-2".into()
+            }
+    );
+    send(
+        &mut cam,
+        &ClientMessage::Answer {
+            session_id: s2,
+            sdp: "answer-2".into(),
+        },
+    )
+    .await?;
+    send(
+        &mut cam,
+        &ClientMessage::Candidate {
+            session_id: s1,
+            candidate: cand(3),
+        },
+    )
+    .await?;
+    ensure!(
+        recv(&mut v2).await?
+            == ServerMessage::Answer {
+                session_id: s2,
+                sdp: "answer-2".into()
+            }
+    );
+    // v1's next message is its own candidate, not v2's answer.
+    ensure!(
+        recv(&mut v1).await?
+            == ServerMessage::Candidate {
+                session_id: s1,
+                candidate: cand(3)
+            }
+    );
+    // v2 cannot use v1's session.
+    send(
+        &mut v2,
+        &ClientMessage::Offer {
+            session_id: s1,
+            sdp: "x".into(),
+        },
+    )
+    .await?;
+    expect_error(recv(&mut v2).await?, ErrorCode::UnknownSession)?;
+
+    // camera_offline: alice's other camera is not connected.
+    let vt_both = control.viewer_ticket(&alice, dev2).await?;
+    let mut v3 = ws_connect(&format!("{ws_base}?token={}", vt_both.signaling.token)).await?;
+    welcome(&mut v3).await?;
+    send(&mut v3, &ClientMessage::Connect { device_id: dev2 }).await?;
+    expect_error(recv(&mut v3).await?, ErrorCode::CameraOffline)?;
+    // A token naming dev2 does not reach dev.
+    send(&mut v3, &ClientMessage::Connect { device_id: dev }).await?;
+    expect_error(recv(&mut v3).await?, ErrorCode::Forbidden)?;
+
+    // Another user's camera: no ticket from control, and their own token does not reach it.
+    let mallory = control.user("mallory@example.com").await?;
+    let (s, _) = control
+        .call(
+            Method::POST,
+            "/api/relay/ticket",
+            Some(&mallory),
+            Some(json!({"device_id": dev})),
+        )
+        .await?;
+    ensure!(
+        s == StatusCode::NOT_FOUND || s == StatusCode::FORBIDDEN,
+        "mallory ticket {s}"
+    );
+    let (mdev, _) = control.camera(&mallory, "CAM-M").await?;
+    let mt = control.viewer_ticket(&mallory, mdev).await?;
+    let mut m = ws_connect(&format!("{ws_base}?token={}", mt.signaling.token)).await?;
+    welcome(&mut m).await?;
+    send(&mut m, &ClientMessage::Connect { device_id: dev }).await?;
+    expect_error(recv(&mut m).await?, ErrorCode::Forbidden)?;
+    send(
+        &mut m,
+        &ClientMessage::Candidate {
+            session_id: s1,
+            candidate: cand(9),
+        },
+    )
+    .await?;
+    expect_error(recv(&mut m).await?, ErrorCode::UnknownSession)?;
+
+    // Invalid, forged, expired, other-secret tokens: HTTP 401 on the upgrade.
+    let (expired, _) = key.mint_signaling(
+        &dev.to_string(),
+        Role::Camera,
+        vec![dev],
+        unix_now() - 700,
+        600,
+    );
+    let other = TicketKey::new(&Secret::new("another-secret"));
+    let (foreign, _) = other.mint_signaling("u", Role::Viewer, vec![dev], unix_now(), 600);
+    let mut forged = vt.signaling.token.clone();
+    forged.pop();
+    forged.push(if vt.signaling.token.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
+    for (what, token) in [
+        ("garbage", "not-a-token".to_owned()),
+        ("expired", expired),
+        ("foreign", foreign),
+        ("forged", forged),
+    ] {
+        let s = refused(&format!("{ws_base}?token={token}")).await?;
+        ensure!(s == StatusCode::UNAUTHORIZED, "{what}: {s}");
+    }
+    ensure!(
+        refused(&format!("ws://{}/other", relay.addr("signaling"))).await? == StatusCode::NOT_FOUND
+    );
+    // A bad first-message token, and no token at all within the auth timeout: closed.
+    let mut bad = ws_connect(&ws_base).await?;
+    send(
+        &mut bad,
+        &ClientMessage::Auth {
+            token: "nope".into(),
+        },
+    )
+    .await?;
+    expect_error(recv(&mut bad).await?, ErrorCode::Unauthorized)?;
+    ensure!(closed(&mut bad).await?.0 == 4003);
+    let mut silent = ws_connect(&ws_base).await?;
+    expect_error(recv(&mut silent).await?, ErrorCode::Unauthorized)?;
+    ensure!(closed(&mut silent).await?.0 == 4003);
+
+    // Bad input on an open connection: bad_message, and the connection keeps working.
+    for bad in [
+        Message::text("{not json"),
+        Message::text(r#"{"type":"teleport"}"#),
+        Message::text(r#"{"type":"offer","session_id":"not-a-uuid","sdp":"x"}"#),
+        Message::binary(vec![1u8, 2, 3]),
+    ] {
+        v1.send(bad.clone()).await?;
+        expect_error(recv(&mut v1).await?, ErrorCode::BadMessage)
+            .with_context(|| format!("{bad:?}"))?;
+    }
+    send(
+        &mut v1,
+        &ClientMessage::Candidate {
+            session_id: s1,
+            candidate: cand(4),
+        },
+    )
+    .await?;
+    ensure!(
+        recv(&mut cam).await?
+            == ServerMessage::Candidate {
+                session_id: s1,
+                candidate: cand(4)
+            }
+    );
+
+    // Rate limit (50/s, burst 200): 300 at once -> rate_limited for the excess; not closed.
+    let flood = ClientMessage::Bye {
+        session_id: Uuid::new_v4(),
+        reason: None,
+    };
+    let text = serde_json::to_string(&flood)?;
+    for _ in 0..300 {
+        m.feed(Message::text(text.clone())).await?;
+    }
+    m.flush().await?;
+    let (mut unknown, mut limited) = (0, 0);
+    for _ in 0..300 {
+        match recv(&mut m).await? {
+            ServerMessage::Error {
+                code: ErrorCode::UnknownSession,
+                ..
+            } => unknown += 1,
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            } => limited += 1,
+            other => bail!("flood: {other:?}"),
+        }
+    }
+    ensure!(
+        unknown >= 150 && limited >= 50 && unknown + limited == 300,
+        "unknown {unknown}, limited {limited}"
+    );
+
+    // Too large (> 64 KiB): too_large, then closed with 1009.
+    let huge = ClientMessage::Offer {
+        session_id: s1,
+        sdp: "a".repeat(70 * 1024),
+    };
+    let mut big = ws_connect(&format!("{ws_base}?token={}", vt.signaling.token)).await?;
+    welcome(&mut big).await?;
+    let _ = send(&mut big, &huge).await;
+    expect_error(recv(&mut big).await?, ErrorCode::TooLarge)?;
+    ensure!(closed(&mut big).await?.0 == u16::from(CloseCode::Size));
+
+    // Camera reconnect: the old connection is closed with a reason, viewers get bye.
+    let ct2 = control.camera_ticket(dev, &dev_secret).await?;
+    let mut cam2 = ws_connect(&format!("{ws_base}?token={}", ct2.signaling.token)).await?;
+    welcome(&mut cam2).await?;
+    let (code, reason) = closed(&mut cam).await?;
+    ensure!(
+        code == 4001 && reason.contains("replaced"),
+        "{code} {reason}"
+    );
+    for (v, s) in [(&mut v1, s1), (&mut v2, s2)] {
+        ensure!(
+            recv(v).await?
+                == ServerMessage::Bye {
+                    session_id: s,
+                    reason: Some("camera_reconnected".into())
+                }
+        );
+    }
+    let s1b = open_session(&mut v1, dev).await?;
+    send(
+        &mut v1,
+        &ClientMessage::Offer {
+            session_id: s1b,
+            sdp: "again".into(),
+        },
+    )
+    .await?;
+    ensure!(
+        recv(&mut cam2).await?
+            == ServerMessage::Offer {
+                session_id: s1b,
+                sdp: "again".into()
+            }
+    );
+    // Bye from the viewer reaches the camera.
+    send(
+        &mut v1,
+        &ClientMessage::Bye {
+            session_id: s1b,
+            reason: Some("done".into()),
+        },
+    )
+    .await?;
+    ensure!(
+        recv(&mut cam2).await?
+            == ServerMessage::Bye {
+                session_id: s1b,
+                reason: Some("done".into())
+            }
+    );
+    ensure!(control.listed(&alice, dev).await?["status"] == "online");
+
+    // Camera drops: viewers' sessions end, presence offline within 2 s.
+    let s2b = open_session(&mut v2, dev).await?;
+    drop(cam2);
+    ensure!(
+        recv(&mut v2).await?
+            == ServerMessage::Bye {
+                session_id: s2b,
+                reason: Some("camera_offline".into())
+            }
+    );
+    let took = control.wait_status(&alice, dev, "offline").await?;
+    ensure!(took < Duration::from_secs(2), "offline after {took:?}");
+
+    // Metrics.
+    let metrics = control
+        .http
+        .get(format!("http://{}/metrics", relay.addr("admin")))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for name in [
+        "vc_relay_signaling_messages_routed_total",
+        "vc_relay_signaling_errors_total",
+        "vc_relay_signaling_connected_viewers",
+    ] {
+        ensure!(metrics.contains(name), "metrics lack {name}");
+    }
+
+    // A deleted device's open connection is closed (presence resync learns it is unknown).
+    let ct3 = control.camera_ticket(dev, &dev_secret).await?;
+    let mut cam3 = ws_connect(&format!("{ws_base}?token={}", ct3.signaling.token)).await?;
+    welcome(&mut cam3).await?;
+    control.wait_status(&alice, dev, "online").await?;
+    let (s, v) = control
+        .call(
+            Method::DELETE,
+            &format!("/api/camera/devices/{dev}"),
+            Some(&alice),
+            None,
+        )
+        .await?;
+    ensure!(s.is_success(), "delete {s} {v}");
+    let (code, _) = closed(&mut cam3).await?;
+    ensure!(code == 4004, "deleted device closed with {code}");
+
+    relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn camera_token_expiry_and_refresh() -> Result<()> {
+    // No control plane needed: tokens minted with the shared secret, presence disabled.
+    let relay = start_relay("", &[]).await?;
+    let ws_base = format!("ws://{}/ws", relay.addr("signaling"));
+    let key = TicketKey::new(&Secret::new(SECRET));
+    let dev = Uuid::new_v4();
+    let now = unix_now();
+    // Expires in 2 s; refreshed once with a token valid 2 s longer, then left to expire.
+    let (t1, _) = key.mint_signaling(&dev.to_string(), Role::Camera, vec![dev], now, 2);
+    let mut cam = ws_connect(&format!("{ws_base}?token={t1}")).await?;
+    welcome(&mut cam).await?;
+    // A refresh for another device is refused and changes nothing.
+    let other = Uuid::new_v4();
+    let (wrong, _) = key.mint_signaling(&other.to_string(), Role::Camera, vec![other], now, 600);
+    send(&mut cam, &ClientMessage::Auth { token: wrong }).await?;
+    expect_error(recv(&mut cam).await?, ErrorCode::Forbidden)?;
+    let (t2, _) = key.mint_signaling(&dev.to_string(), Role::Camera, vec![dev], now, 4);
+    send(&mut cam, &ClientMessage::Auth { token: t2 }).await?;
+    let t0 = Instant::now();
+    expect_error(recv(&mut cam).await?, ErrorCode::Unauthorized)?;
+    let (code, _) = closed(&mut cam).await?;
+    ensure!(code == 4002, "expired camera closed with {code}");
+    ensure!(
+        unix_now() >= now + 4,
+        "closed before the refreshed expiry ({:?})",
+        t0.elapsed()
+    );
+    relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn max_connections_refuses_with_503() -> Result<()> {
+    let relay = start_relay("", &[("VC_SIGNALING__MAX_CONNECTIONS", "1")]).await?;
+    let ws_base = format!("ws://{}/ws", relay.addr("signaling"));
+    let key = TicketKey::new(&Secret::new(SECRET));
+    let (t, _) = key.mint_signaling("u", Role::Viewer, vec![], unix_now(), 600);
+    let mut first = ws_connect(&format!("{ws_base}?token={t}")).await?;
+    welcome(&mut first).await?;
+    ensure!(refused(&format!("{ws_base}?token={t}")).await? == StatusCode::SERVICE_UNAVAILABLE);
+    drop(first);
+    // The place is freed when the connection ends.
+    let t0 = Instant::now();
+    loop {
+        match tokio::time::timeout(
+            STEP,
+            tokio_tungstenite::connect_async(format!("{ws_base}?token={t}")),
+        )
+        .await?
+        {
+            Ok((mut ws, _)) => {
+                welcome(&mut ws).await?;
+                break;
+            }
+            Err(_) if t0.elapsed() < STEP => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => bail!("slot not freed: {e}"),
+        }
+    }
+    relay.terminate().await?;
+    Ok(())
+}
