@@ -350,7 +350,7 @@ async fn setup_pairs(
 }
 
 fn request(session_id: Uuid, seq: u64) -> String {
-    let m = if seq % 2 == 0 {
+    let m = if seq.is_multiple_of(2) {
         ClientMessage::Offer {
             session_id,
             sdp: sdp(seq),
