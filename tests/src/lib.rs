@@ -139,3 +139,32 @@ pub async fn fresh_postgres_url() -> Result<String> {
     }
     Ok(format!("{server}/{db}"))
 }
+
+/// One JSON API call: `method base+path` with an optional bearer token and JSON body.
+/// Returns the status and the parsed body (`Null` when empty); a non-JSON body is an error
+/// naming the path, so a test failure shows what the server said.
+pub async fn api_call(
+    http: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+    let mut req = http.request(method, format!("{base}{path}"));
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await?;
+    let status = res.status();
+    let text = res.text().await?;
+    let value = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).with_context(|| format!("{path}: not JSON: {text}"))?
+    };
+    Ok((status, value))
+}

@@ -69,22 +69,7 @@ impl Control {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value)> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await?;
-        let status = res.status();
-        let text = res.text().await?;
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).with_context(|| format!("{path}: not JSON: {text}"))?
-        };
-        Ok((status, value))
+        vc_tests::api_call(&self.http, &self.base, method, path, token, body).await
     }
 
     async fn post(

@@ -65,22 +65,7 @@ impl Control {
         jwt: Option<&str>,
         body: Option<Value>,
     ) -> Result<(StatusCode, Value)> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = jwt {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await?;
-        let status = res.status();
-        let text = res.text().await?;
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).with_context(|| format!("{path}: {text}"))?
-        };
-        Ok((status, v))
+        vc_tests::api_call(&self.http, &self.base, method, path, jwt, body).await
     }
 
     async fn user(&self, email: &str) -> Result<String> {
