@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use shared::Secret;
 
-use crate::{signaling::SignalingConfig, turn::TurnConfig, Error};
+use crate::{cluster::ClusterConfig, signaling::SignalingConfig, turn::TurnConfig, Error};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -21,6 +21,7 @@ pub struct RelayConfig {
     pub drain_secs: u64,
     pub turn: TurnConfig,
     pub signaling: SignalingConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl Default for RelayConfig {
@@ -32,6 +33,7 @@ impl Default for RelayConfig {
             drain_secs: 30,
             turn: TurnConfig::default(),
             signaling: SignalingConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

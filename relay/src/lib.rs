@@ -3,6 +3,7 @@
 //! thin tokio drivers do the IO.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod signaling;
