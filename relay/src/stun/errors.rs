@@ -63,6 +63,13 @@ impl MessageBuilder<'_> {
         self.attr(attr::ERROR_CODE, &v[..4 + n])
     }
 
+    /// Appends ERROR-CODE without a reason phrase (allowed: it is for humans), for
+    /// unauthenticated answers that must stay small.
+    pub fn error_code_bare(&mut self, code: ErrorCode) -> &mut Self {
+        let v = [0, 0, (code.0 / 100) as u8, (code.0 % 100) as u8];
+        self.attr(attr::ERROR_CODE, &v)
+    }
+
     /// Appends UNKNOWN-ATTRIBUTES listing `types` (at most 16 are listed).
     pub fn unknown_attributes(&mut self, types: &[u16]) -> &mut Self {
         let mut v = [0u8; 32];

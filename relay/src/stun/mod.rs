@@ -279,6 +279,14 @@ impl<'a> Message<'a> {
         self.attributes().find(|a| a.typ == typ).map(|a| a.value)
     }
 
+    /// Whether the message ends with a FINGERPRINT (parse checked it is last and right).
+    pub fn has_fingerprint(&self) -> bool {
+        let n = self.bytes.len();
+        n >= HEADER_LEN + 8
+            && u16::from_be_bytes([self.bytes[n - 8], self.bytes[n - 7]]) == attr::FINGERPRINT
+            && u16::from_be_bytes([self.bytes[n - 6], self.bytes[n - 5]]) == 4
+    }
+
     /// Whether the message carries MESSAGE-INTEGRITY.
     pub fn has_integrity(&self) -> bool {
         self.integrity_offset.is_some()

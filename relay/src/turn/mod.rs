@@ -11,6 +11,7 @@
 
 pub mod allocation;
 pub mod auth;
+pub mod limiter;
 pub mod mmsg;
 pub mod ports;
 pub mod server;
@@ -63,6 +64,20 @@ pub struct TurnConfig {
     pub max_channels: u32,
     /// Concurrent TCP control connections.
     pub max_tcp_connections: u32,
+    /// TCP connections from one source IP (IPv6: per /64); 0: no cap.
+    pub max_tcp_connections_per_ip: u32,
+    /// Seconds a TCP connection gets to send its first valid STUN message.
+    pub tcp_first_message_timeout: u64,
+    /// Seconds a TCP connection without an allocation may stay silent.
+    pub tcp_idle_timeout: u64,
+    /// Unauthenticated answers (Binding responses, 401/438 challenges, errors to
+    /// unauthenticated requests) per second to one source over UDP (IPv6: per /64); 0: no
+    /// limit. Against reflection with spoofed sources.
+    pub unauth_rate: u32,
+    /// Burst of unauthenticated answers to one source.
+    pub unauth_burst: u32,
+    /// Cells per row of the fixed-size table behind `unauth_rate` (2 rows of 8 bytes each).
+    pub unauth_table_size: usize,
     /// Per-allocation relayed bytes per second, each direction (0: no cap).
     pub bandwidth_limit: u64,
     /// Accept only RFC 8656's channel numbers 0x4000-0x4FFF (400 otherwise). Off by default:
@@ -77,7 +92,8 @@ pub struct TurnConfig {
     pub threads: usize,
     /// SO_RCVBUF/SO_SNDBUF of the UDP sockets, bytes.
     pub socket_buffer: usize,
-    /// SOFTWARE attribute in responses (empty: none).
+    /// SOFTWARE attribute in authenticated responses (empty: none). Never in unauthenticated
+    /// answers, which are kept as small as possible.
     pub software: String,
 }
 
@@ -104,6 +120,12 @@ impl Default for TurnConfig {
             max_permissions: 256,
             max_channels: 256,
             max_tcp_connections: 1024,
+            max_tcp_connections_per_ip: 16,
+            tcp_first_message_timeout: 5,
+            tcp_idle_timeout: 30,
+            unauth_rate: 10,
+            unauth_burst: 20,
+            unauth_table_size: 16_384,
             bandwidth_limit: 0,
             strict_channel_numbers: false,
             allow_loopback_peers: false,

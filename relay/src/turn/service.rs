@@ -72,9 +72,13 @@ impl TurnService {
             &nonce_secret,
             cfg.nonce_lifetime,
         )?;
-        let shared = Arc::new(Shared::new(cfg, auth)?);
+        let relay_ip = relay_ip(cfg, listen)?;
+        let mut shared = Shared::new(cfg, auth)?;
+        // Peers may not be the relay itself (its admin, signaling and relay ports).
+        shared.policy.own.push(relay_ip);
+        let shared = Arc::new(shared);
         let pool = Arc::new(PortPool::new(
-            relay_ip(cfg, listen)?,
+            relay_ip,
             cfg.min_port,
             cfg.max_port,
             cfg.socket_buffer,
@@ -111,7 +115,7 @@ impl TurnService {
                     l,
                     shared.clone(),
                     pool,
-                    cfg.max_tcp_connections as usize,
+                    tcp::TcpLimits::from_config(cfg),
                     draining_rx,
                 ));
                 Some(addr)

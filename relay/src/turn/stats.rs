@@ -19,6 +19,8 @@ pub struct Stats {
     pub malformed: u64,
     pub no_permission: u64,
     pub rate_limited: u64,
+    /// Unauthenticated answers not sent (per-source budget spent).
+    pub unauth_limited: u64,
 }
 
 impl Stats {
@@ -86,6 +88,10 @@ impl Stats {
         c(
             "vc_relay_turn_rate_limited_dropped_total",
             self.rate_limited,
+        );
+        c(
+            "vc_relay_turn_unauth_limited_dropped_total",
+            self.unauth_limited,
         );
     }
 }

@@ -1,35 +1,125 @@
 //! The TCP driver: RFC 8489 stream framing (STUN messages and ChannelData padded to 4 bytes,
-//! RFC 8656 §12.5). Each connection is its own [`Server`] shard on a tokio task with the relay
-//! sockets of its allocations; a semaphore bounds the number of connections. TCP is the
-//! fallback transport, so its relay path favours simplicity (one task per relay socket
-//! feeding the connection through a channel) over the UDP path's zero-allocation loop.
+//! RFC 8656 §12.5). Each connection is its own [`Server`] shard on a tokio task that also
+//! polls the relay sockets of its allocation. [`connection`] works over any
+//! `AsyncRead + AsyncWrite` stream (TURN over TLS reuses it).
+//!
+//! Idle sockets must not lock clients out (no credentials are needed to open one): a
+//! connection gets `tcp_first_message_timeout` to send a valid STUN message, is closed after
+//! `tcp_idle_timeout` of silence while it holds no allocation, one source IP may hold
+//! `max_tcp_connections_per_ip`, and a connection holds no buffer until bytes arrive (the
+//! read buffer grows to the largest frame seen and is freed again while idle without an
+//! allocation; the peer buffer exists while a relay socket does). Peer packets are received
+//! straight into the connection's buffer: no copy, no allocation per packet.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 
+use super::limiter::source_key;
 use super::ports::{PortPool, SocketPorts};
 use super::server::{Now, Server, Shared, Transport, Via};
+use super::TurnConfig;
 use crate::stun::channel_data::frame_len;
+use crate::stun::Message;
 
 /// Largest frame: a STUN header plus a 16-bit length.
 const MAX_FRAME: usize = 20 + 65_535 + 3;
+/// First read buffer once bytes arrive (grown when a frame needs more).
+const BUF_INIT: usize = 4096;
+/// Largest UDP payload a relay socket can receive.
+const PEER_BUF: usize = 65_536;
+
+/// Connection limits of the TCP listener (from [`TurnConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    pub max_connections: usize,
+    /// Per source IP (IPv6: /64); 0: no cap.
+    pub per_ip: u32,
+    /// For the first valid STUN message; zero: none.
+    pub first_message: Duration,
+    /// Of silence without an allocation; zero: none.
+    pub idle: Duration,
+}
+
+impl TcpLimits {
+    pub fn from_config(cfg: &TurnConfig) -> Self {
+        Self {
+            max_connections: cfg.max_tcp_connections as usize,
+            per_ip: cfg.max_tcp_connections_per_ip,
+            first_message: Duration::from_secs(cfg.tcp_first_message_timeout),
+            idle: Duration::from_secs(cfg.tcp_idle_timeout),
+        }
+    }
+}
+
+/// Open connections per source key; entries exist only while connections do.
+#[derive(Debug, Default)]
+pub struct PerIp {
+    counts: Mutex<HashMap<u128, u32>>,
+}
+
+/// One counted connection; gives its slot back when dropped.
+#[derive(Debug)]
+pub struct IpSlot {
+    table: Arc<PerIp>,
+    key: u128,
+}
+
+impl PerIp {
+    /// A slot for `ip` unless it already holds `max` (0: no cap).
+    pub fn acquire(table: &Arc<Self>, ip: IpAddr, max: u32) -> Option<IpSlot> {
+        let key = source_key(ip);
+        let mut counts = table.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(key).or_insert(0);
+        if max != 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: table.clone(),
+            key,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
 
 /// Accepts connections until `draining` turns true.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     pool: Arc<PortPool>,
-    max_connections: usize,
+    limits: TcpLimits,
     mut draining: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(max_connections.max(1)));
+    let limit = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_ip = Arc::new(PerIp::default());
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -39,48 +129,81 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        // Over the limit: the connection is closed at once.
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            metrics::counter!("vc_relay_turn_tcp_rejected_total").increment(1);
+        // Over a limit: the connection is closed at once.
+        let Some(slot) = PerIp::acquire(&per_ip, peer.ip(), limits.per_ip) else {
+            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "per_ip")
+                .increment(1);
             continue;
         };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "total")
+                .increment(1);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let pool = pool.clone();
         tokio::spawn(async move {
             metrics::gauge!("vc_relay_turn_tcp_connections_active").increment(1.0);
-            let _ = connection(stream, peer, shared, pool).await;
+            let _ = connection(stream, peer, shared, pool, limits).await;
             metrics::gauge!("vc_relay_turn_tcp_connections_active").decrement(1.0);
             drop(permit);
+            drop(slot);
         });
     }
 }
 
 struct Relay {
-    socket: Arc<UdpSocket>,
-    reader: tokio::task::JoinHandle<()>,
+    addr: SocketAddr,
+    socket: UdpSocket,
 }
 
-async fn connection(
-    mut stream: TcpStream,
+/// Why a connection was closed by the server (for metrics).
+fn timed_out(reason: &'static str) {
+    metrics::counter!("vc_relay_turn_tcp_timeouts_total", "reason" => reason).increment(1);
+}
+
+/// Serves one client connection (TCP, or TLS over it) until it closes, breaks the framing
+/// or times out.
+pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     client: SocketAddr,
     shared: Arc<Shared>,
     pool: Arc<PortPool>,
+    limits: TcpLimits,
 ) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
     let mut server = Server::new(shared, Transport::Tcp, SocketPorts::new(pool));
-    let (tx, mut rx) = mpsc::channel::<(SocketAddr, SocketAddr, Vec<u8>)>(1024);
-    let mut relays: HashMap<SocketAddr, Relay> = HashMap::new();
-    let mut rbuf = vec![0u8; MAX_FRAME * 2];
+    let mut relays: Vec<Relay> = Vec::new();
+    // No buffer until bytes arrive: an idle socket holds only this task.
+    let mut rbuf: Vec<u8> = Vec::new();
+    let mut probe = [0u8; 32];
+    let mut pbuf: Vec<u8> = Vec::new();
     let mut filled = 0usize;
+    let opened = Instant::now();
+    let mut seen_valid = false;
+    let mut last_rx = opened;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let result = loop {
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let deadline = next_deadline(&limits, seen_valid, opened, last_rx, &server);
         tokio::select! {
-            read = stream.read(&mut rbuf[filled..]) => {
+            read = async {
+                if rbuf.is_empty() {
+                    stream.read(&mut probe).await
+                } else {
+                    stream.read(&mut rbuf[filled..]).await
+                }
+            } => {
                 let n = match read {
-                    Ok(0) | Err(_) => break Ok(()),
+                    Ok(0) | Err(_) => return Ok(()),
                     Ok(n) => n,
                 };
+                if rbuf.is_empty() {
+                    rbuf = vec![0u8; BUF_INIT];
+                    rbuf[..n].copy_from_slice(&probe[..n]);
+                }
                 filled += n;
+                last_rx = Instant::now();
                 let mut start = 0;
                 while filled - start >= 4 {
                     let Some(len) = frame_len(&rbuf[start..filled]) else {
@@ -91,54 +214,107 @@ async fn connection(
                         break;
                     }
                     let frame = &rbuf[start..start + len];
+                    if !seen_valid {
+                        // Until the first valid STUN message, nothing else counts (a
+                        // connection cannot be held open with garbage or ChannelData).
+                        if frame[0] & 0xC0 != 0 || Message::parse(frame).is_err() {
+                            return Ok(());
+                        }
+                        seen_valid = true;
+                    }
                     if let Some(t) = server.handle_input(Now::system(), Via::Listener, client, frame) {
                         match t.via {
                             Via::Listener => stream.write_all(t.payload).await?,
                             Via::Relay(addr) => {
-                                if let Some(r) = relays.get(&addr) {
+                                if let Some(r) = relays.iter().find(|r| r.addr == addr) {
                                     let _ = r.socket.try_send_to(t.payload, t.dst);
                                 }
                             }
                         }
                     }
-                    sync_relays(&mut server, &mut relays, &tx);
+                    sync_relays(&mut server, &mut relays, &mut pbuf);
                     start += len;
                 }
                 rbuf.copy_within(start..filled, 0);
                 filled -= start;
+                if filled == 0 && server.allocation_count() == 0 {
+                    // Nothing in flight and nothing relayed: give the buffer back.
+                    rbuf = Vec::new();
+                } else if filled == rbuf.len() || frame_len(&rbuf[..filled]).is_some_and(|l| l > rbuf.len()) {
+                    // A frame larger than the buffer: grow to it (at most one frame).
+                    let need = frame_len(&rbuf[..filled]).unwrap_or(MAX_FRAME).min(MAX_FRAME);
+                    rbuf.resize(need.max(rbuf.len()), 0);
+                }
             }
-            Some((relay, from, data)) = rx.recv() => {
-                if let Some(t) = server.handle_input(Now::system(), Via::Relay(relay), from, &data) {
+            recv = std::future::poll_fn(|cx| poll_relays(cx, &relays, &mut pbuf)) => {
+                let (relay, from, n) = recv;
+                if let Some(t) = server.handle_input(Now::system(), Via::Relay(relay), from, &pbuf[..n]) {
                     if t.via == Via::Listener {
                         stream.write_all(t.payload).await?;
                     }
                 }
             }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                timed_out(if seen_valid { "idle" } else { "first_message" });
+                return Ok(());
+            }
             _ = tick.tick() => {
                 server.handle_timeout(std::time::Instant::now());
-                sync_relays(&mut server, &mut relays, &tx);
+                sync_relays(&mut server, &mut relays, &mut pbuf);
                 server.take_stats().flush();
             }
         }
-    };
-    drop(server);
-    for (_, r) in relays {
-        r.reader.abort();
     }
-    result
 }
 
-/// Starts readers for newly bound relay sockets and stops those of released ones.
-fn sync_relays(
-    server: &mut Server<SocketPorts>,
-    relays: &mut HashMap<SocketAddr, Relay>,
-    tx: &mpsc::Sender<(SocketAddr, SocketAddr, Vec<u8>)>,
-) {
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+/// When the connection is closed unless something happens: the first-message deadline, or
+/// the idle deadline while it holds no allocation.
+fn next_deadline(
+    limits: &TcpLimits,
+    seen_valid: bool,
+    opened: Instant,
+    last_rx: Instant,
+    server: &Server<SocketPorts>,
+) -> Option<Instant> {
+    if !seen_valid && !limits.first_message.is_zero() {
+        return Some(opened + limits.first_message);
+    }
+    if server.allocation_count() == 0 && !limits.idle.is_zero() {
+        return Some(last_rx + limits.idle);
+    }
+    None
+}
+
+/// Receives one datagram from any relay socket into `buf`: (relay address, peer, length).
+fn poll_relays(
+    cx: &mut Context<'_>,
+    relays: &[Relay],
+    buf: &mut [u8],
+) -> Poll<(SocketAddr, SocketAddr, usize)> {
+    for r in relays {
+        // ICMP errors (ConnectionRefused) surface as receive errors: skip them.
+        for _ in 0..8 {
+            let mut rb = ReadBuf::new(buf);
+            match r.socket.poll_recv_from(cx, &mut rb) {
+                Poll::Ready(Ok(from)) => return Poll::Ready((r.addr, from, rb.filled().len())),
+                Poll::Ready(Err(_)) => continue,
+                Poll::Pending => break,
+            }
+        }
+    }
+    Poll::Pending
+}
+
+/// Registers newly bound relay sockets and drops released ones; the peer buffer exists
+/// while a relay socket does.
+fn sync_relays(server: &mut Server<SocketPorts>, relays: &mut Vec<Relay>, pbuf: &mut Vec<u8>) {
     let ports = server.ports_mut();
     for addr in ports.closed.drain(..) {
-        if let Some(r) = relays.remove(&addr) {
-            r.reader.abort();
-        }
+        relays.retain(|r| r.addr != addr);
     }
     for sock in ports.opened.drain(..) {
         let Ok(addr) = sock.local_addr() else {
@@ -147,24 +323,12 @@ fn sync_relays(
         let Ok(socket) = UdpSocket::from_std(sock) else {
             continue;
         };
-        let socket = Arc::new(socket);
-        let rs = socket.clone();
-        let tx = tx.clone();
-        let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            loop {
-                match rs.recv_from(&mut buf).await {
-                    Ok((n, from)) => {
-                        if tx.send((addr, from, buf[..n].to_vec())).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
-                    Err(_) => return,
-                }
-            }
-        });
-        relays.insert(addr, Relay { socket, reader });
+        relays.push(Relay { addr, socket });
+    }
+    if relays.is_empty() {
+        *pbuf = Vec::new();
+    } else if pbuf.is_empty() {
+        *pbuf = vec![0u8; PEER_BUF];
     }
 }
 

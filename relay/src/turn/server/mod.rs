@@ -17,6 +17,7 @@ use dashmap::DashMap;
 
 use super::allocation::{Allocation, BindOutcome, IpNet, PeerPolicy, TokenBucket};
 use super::auth::{hmac_sha1, AuthError, Authenticator};
+use super::limiter::SourceLimiter;
 use super::ports::{PortRequest, RelayPorts};
 use super::stats::Stats;
 use super::TurnConfig;
@@ -83,6 +84,8 @@ pub struct Shared {
     pub external_ip: Option<IpAddr>,
     pub software: Vec<u8>,
     pub quotas: Quotas,
+    /// Budget of unauthenticated answers per source (UDP only: TCP sources are not spoofed).
+    pub unauth: SourceLimiter,
     /// Set on SIGTERM: new allocations are refused, existing ones keep running.
     pub draining: AtomicBool,
 }
@@ -112,6 +115,7 @@ impl Shared {
             policy: PeerPolicy {
                 allow_loopback: cfg.allow_loopback_peers,
                 allowed,
+                own: own_ips(cfg),
             },
             default_lifetime: secs(cfg.default_lifetime),
             max_lifetime: secs(cfg.max_lifetime),
@@ -124,9 +128,29 @@ impl Shared {
             external_ip,
             software: cfg.software.as_bytes().to_vec(),
             quotas: Quotas::new(cfg.user_quota, cfg.max_allocations),
+            unauth: SourceLimiter::new(
+                cfg.unauth_rate,
+                cfg.unauth_burst,
+                cfg.unauth_table_size,
+                Instant::now(),
+            ),
             draining: AtomicBool::new(false),
         })
     }
+}
+
+/// The relay's own IPs named in the config (the drivers add the relay IP they derive).
+fn own_ips(cfg: &TurnConfig) -> Vec<IpAddr> {
+    let listen = cfg.listen.parse::<SocketAddr>().ok().map(|a| a.ip());
+    [
+        listen,
+        cfg.relay_address.parse().ok(),
+        cfg.external_address.parse().ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|ip: &IpAddr| !ip.is_unspecified())
+    .collect()
 }
 
 fn secs(s: u32) -> Duration {
@@ -244,6 +268,8 @@ pub struct Server<P: RelayPorts> {
     out: Vec<u8>,
     stats: Stats,
     next_reap: Option<Instant>,
+    /// Time of the input being handled.
+    now: Instant,
 }
 
 impl<P: RelayPorts> std::fmt::Debug for Server<P> {
@@ -271,6 +297,7 @@ impl<P: RelayPorts> Server<P> {
             out: Vec::with_capacity(2048),
             stats: Stats::default(),
             next_reap: None,
+            now: Instant::now(),
         }
     }
 
@@ -336,6 +363,7 @@ impl<P: RelayPorts> Server<P> {
         if self.next_reap.is_none() {
             self.next_reap = Some(now.instant + REAP_INTERVAL);
         }
+        self.now = now.instant;
         match via {
             Via::Relay(relay) => self.peer_data(now, relay, from, bytes),
             Via::Listener => match bytes.first() {
@@ -491,16 +519,28 @@ impl<P: RelayPorts> Server<P> {
         signed: Reply<'_>,
         body: impl FnOnce(&mut MessageBuilder<'_>),
     ) -> Option<Transmit<'_>> {
+        let Reply::Signed(key) = signed;
+        if key.is_none()
+            && self.transport == Transport::Udp
+            && !self.shared.unauth.allow(to.ip(), self.now)
+        {
+            // Unauthenticated answers to one source are rate-limited (reflection).
+            self.stats.unauth_limited += 1;
+            return None;
+        }
         let mut b = MessageBuilder::new(&mut self.out, class, req.method(), req.transaction_id());
         body(&mut b);
-        if !self.shared.software.is_empty() {
-            b.attr(attr::SOFTWARE, &self.shared.software);
-        }
-        let Reply::Signed(key) = signed;
         if let Some(key) = key {
+            if !self.shared.software.is_empty() {
+                b.attr(attr::SOFTWARE, &self.shared.software);
+            }
             b.integrity(hmac_sha1(key));
+            b.fingerprint();
+        } else if req.has_fingerprint() {
+            // Unauthenticated answers stay minimal: FINGERPRINT only when the client uses it
+            // (ICE-style demultiplexing), no SOFTWARE.
+            b.fingerprint();
         }
-        b.fingerprint();
         Some(Transmit {
             via: Via::Listener,
             dst: to,
@@ -516,7 +556,11 @@ impl<P: RelayPorts> Server<P> {
         key: Option<&[u8; 16]>,
     ) -> Option<Transmit<'_>> {
         self.reply(to, req, Class::Error, Reply::Signed(key), |b| {
-            b.error_code(code);
+            if key.is_some() {
+                b.error_code(code);
+            } else {
+                b.error_code_bare(code);
+            }
         })
     }
 
@@ -531,7 +575,7 @@ impl<P: RelayPorts> Server<P> {
         let shared = self.shared.clone();
         let nonce = shared.auth.nonce(now.unix);
         self.reply(to, req, Class::Error, Reply::Signed(None), |b| {
-            b.error_code(code);
+            b.error_code_bare(code);
             b.attr(attr::REALM, shared.auth.realm().as_bytes());
             b.attr(attr::NONCE, &nonce);
         })
@@ -549,7 +593,7 @@ impl<P: RelayPorts> Server<P> {
         if n > 0 {
             self.stats.malformed += 1;
             return self.reply(from, msg, Class::Error, Reply::Signed(None), |b| {
-                b.error_code(ErrorCode::UNKNOWN_ATTRIBUTE);
+                b.error_code_bare(ErrorCode::UNKNOWN_ATTRIBUTE);
                 b.unknown_attributes(&unknown[..n]);
             });
         }

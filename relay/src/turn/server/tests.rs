@@ -229,7 +229,8 @@ fn binding_answers_anyone() {
         0,
     );
     assert_eq!(a.unwrap(), sa(CLIENT));
-    assert!(m.attribute(attr::SOFTWARE).is_some());
+    // Unauthenticated: no SOFTWARE (reflection size).
+    assert!(m.attribute(attr::SOFTWARE).is_none());
 }
 
 #[test]
@@ -801,4 +802,107 @@ fn random_and_truncated_input_never_panics() {
         let _ = s.handle_input(now, Via::Listener, from, &m);
         let _ = s.handle_input(now, Via::Relay(relay), sa(PEER), &m);
     }
+}
+
+/// Unauthenticated answers carry only what the protocol needs: no SOFTWARE, no reason
+/// phrase, FINGERPRINT only when the request had one (reflection: answer size / request size).
+#[test]
+fn unauthenticated_answers_are_minimal() {
+    let mut s = server();
+    assert!(!s.shared.software.is_empty(), "SOFTWARE is configured");
+    let now = t0();
+    // A bare 20-byte Binding request: XOR-MAPPED-ADDRESS (IPv4) is the whole answer.
+    let mut req = Vec::new();
+    MessageBuilder::new(&mut req, Class::Request, Method::Binding, &[7; 12]);
+    assert_eq!(req.len(), 20);
+    let t = s.handle_input(now, Via::Listener, sa(CLIENT), &req).unwrap();
+    assert_eq!(t.payload.len(), 20 + 12, "header + XOR-MAPPED-ADDRESS only");
+    let m = Message::parse(t.payload).unwrap();
+    assert!(m.attribute(attr::SOFTWARE).is_none());
+    // Allocate without credentials: 401 with ERROR-CODE (no phrase), REALM, NONCE and the
+    // FINGERPRINT the request carried.
+    let mut c = Client::new("alice", "pw");
+    let req = c.build(Method::Allocate, false, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    let (class, code, raw) = call(&mut s, now, CLIENT, &req);
+    assert_eq!((class, code), (Class::Error, Some(401)));
+    let realm = REALM.len().div_ceil(4) * 4;
+    assert_eq!(
+        raw.len(),
+        20 + 8 + (4 + realm) + (4 + super::super::auth::NONCE_LEN) + 8
+    );
+    let m = Message::parse(&raw).unwrap();
+    assert!(m.attribute(attr::SOFTWARE).is_none());
+    // Authenticated answers still say who they are.
+    let mut c = Client::new("alice", "pw");
+    allocate(&mut s, now, &mut c, "203.0.113.8:1");
+    let r = c.build(Method::Refresh, true, |_| {});
+    let (_, _, raw) = call(&mut s, now, "203.0.113.8:1", &r);
+    assert!(Message::parse(&raw).unwrap().attribute(attr::SOFTWARE).is_some());
+}
+
+/// A flood of unauthenticated requests from one (spoofed) source gets the burst answered and
+/// then silence; another source is answered meanwhile, and the first again later.
+#[test]
+fn unauthenticated_answers_are_rate_limited_per_source() {
+    let mut s = server_with(
+        TurnConfig {
+            unauth_rate: 5,
+            unauth_burst: 10,
+            ..config()
+        },
+        MemPorts::new(50000, 50009),
+    );
+    let now = t0();
+    let mut c = Client::new("alice", "pw");
+    let binding = c.build(Method::Binding, false, |_| {});
+    let allocate = c.build(Method::Allocate, false, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    let victim = sa("198.51.100.77:3478");
+    let answered = (0..1000)
+        .filter(|i| {
+            let req = if i % 2 == 0 { &binding } else { &allocate };
+            s.handle_input(now, Via::Listener, victim, req).is_some()
+        })
+        .count();
+    assert_eq!(answered, 10, "only the burst");
+    assert_eq!(s.take_stats().unauth_limited, 990);
+    // Another source, even on the same port of the same shard, is answered.
+    assert_eq!(call(&mut s, now, CLIENT, &allocate).1, Some(401));
+    // The victim's budget refills at the configured rate.
+    let then = later(now, 1);
+    let answered = (0..100)
+        .filter(|_| s.handle_input(then, Via::Listener, victim, &binding).is_some())
+        .count();
+    assert_eq!(answered, 5);
+    // Authenticated traffic from a limited source is not affected.
+    let mut a = Client::new("alice", "pw");
+    a.nonce = s.shared.auth.nonce(now.unix).to_vec();
+    let req = a.build(Method::Allocate, true, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(call(&mut s, then, &victim.to_string(), &req).0, Class::Success);
+}
+
+#[test]
+fn peer_policy_denies_the_relays_own_addresses() {
+    let mut s = server_with(
+        TurnConfig {
+            listen: "8.8.4.4:3478".into(),
+            external_address: "9.9.9.9".into(),
+            ..config()
+        },
+        MemPorts::new(50000, 50009),
+    );
+    let now = t0();
+    let mut c = Client::new("alice", "pw");
+    allocate(&mut s, now, &mut c, CLIENT);
+    for peer in ["8.8.4.4:9090", "9.9.9.9:1", "[::ffff:8.8.4.4]:1"] {
+        let r = c.build(Method::CreatePermission, true, |b| peer_attr(b, peer));
+        assert_eq!(call(&mut s, now, CLIENT, &r).1, Some(403), "{peer}");
+    }
+    let r = c.build(Method::CreatePermission, true, |b| peer_attr(b, PEER));
+    assert_eq!(call(&mut s, now, CLIENT, &r).1, None);
 }
