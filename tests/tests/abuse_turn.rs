@@ -38,8 +38,7 @@ fn request(method: Method, tid: u8, creds: Option<&[u8]>) -> Vec<u8> {
         b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     }
     if let Some(nonce) = creds {
-        let key =
-            relay::stun::integrity::long_term_key(b"bench", REALM.as_bytes(), b"bench");
+        let key = relay::stun::integrity::long_term_key(b"bench", REALM.as_bytes(), b"bench");
         b.attr(attr::USERNAME, b"bench");
         b.attr(attr::REALM, REALM.as_bytes());
         b.attr(attr::NONCE, nonce);
@@ -79,7 +78,10 @@ async fn legit_tcp_client(turn: SocketAddr, source: &str) -> Result<()> {
     assert_eq!(Message::parse(&raw)?.class(), Class::Success);
     let raw = tcp_exchange(&mut s, &request(Method::Allocate, 2, None)).await?;
     assert_eq!(error_code(&raw), Some(401));
-    let nonce = Message::parse(&raw)?.attribute(attr::NONCE).unwrap().to_vec();
+    let nonce = Message::parse(&raw)?
+        .attribute(attr::NONCE)
+        .unwrap()
+        .to_vec();
     let raw = tcp_exchange(&mut s, &request(Method::Allocate, 3, Some(&nonce))).await?;
     let m = Message::parse(&raw)?;
     assert_eq!((m.class(), error_code(&raw)), (Class::Success, None));
@@ -90,9 +92,11 @@ async fn legit_tcp_client(turn: SocketAddr, source: &str) -> Result<()> {
 async fn connect_from(source: &str, to: SocketAddr) -> Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(format!("{source}:0").parse()?)?;
-    Ok(tokio::time::timeout(Duration::from_secs(5), sock.connect(to))
-        .await
-        .context("connect")??)
+    Ok(
+        tokio::time::timeout(Duration::from_secs(5), sock.connect(to))
+            .await
+            .context("connect")??,
+    )
 }
 
 /// Whether the server closes `s` within `within` (EOF or reset), sending nothing.
@@ -121,10 +125,16 @@ async fn idle_tcp_sockets_are_shed_by_the_first_message_deadline() -> Result<()>
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Full: the next one is closed at once.
     let mut late = connect_from("127.0.0.1", turn).await?;
-    assert!(closed_within(&mut late, Duration::from_millis(900)).await, "over max_tcp_connections");
+    assert!(
+        closed_within(&mut late, Duration::from_millis(900)).await,
+        "over max_tcp_connections"
+    );
     // The deadline sheds the idle sockets...
     for s in &mut idle {
-        assert!(closed_within(s, Duration::from_secs(3)).await, "idle socket kept");
+        assert!(
+            closed_within(s, Duration::from_secs(3)).await,
+            "idle socket kept"
+        );
     }
     // ...and a real client gets the whole way to an allocation.
     legit_tcp_client(turn, "127.0.0.1").await?;
@@ -172,9 +182,15 @@ async fn per_ip_cap_refuses_the_excess_and_not_other_ips() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut excess = connect_from("127.0.0.2", turn).await?;
-    assert!(closed_within(&mut excess, Duration::from_secs(2)).await, "4th from one IP");
+    assert!(
+        closed_within(&mut excess, Duration::from_secs(2)).await,
+        "4th from one IP"
+    );
     for s in &mut held {
-        assert!(!closed_within(s, Duration::from_millis(100)).await, "the 3 stay");
+        assert!(
+            !closed_within(s, Duration::from_millis(100)).await,
+            "the 3 stay"
+        );
     }
     // Another source IP is served while 127.0.0.2 is at its cap.
     legit_tcp_client(turn, "127.0.0.3").await?;
@@ -214,11 +230,17 @@ async fn reflection_flood_is_limited_per_source_and_answers_are_small() -> Resul
     let allocate = request(Method::Allocate, 2, None);
     let (answers, max_len) = flood(&attacker, turn, &binding, 300).await?;
     // Burst of 10, plus at most a few from refill during the flood (5/s).
-    assert!((10..=15).contains(&answers), "{answers} answers to 300 Bindings");
+    assert!(
+        (10..=15).contains(&answers),
+        "{answers} answers to 300 Bindings"
+    );
     assert_eq!(binding.len(), 20);
     assert_eq!(max_len, 32, "Binding answer = header + XOR-MAPPED-ADDRESS");
     let (answers, _) = flood(&attacker, turn, &allocate, 300).await?;
-    assert!(answers <= 5, "{answers} challenges after the budget was spent");
+    assert!(
+        answers <= 5,
+        "{answers} challenges after the budget was spent"
+    );
     // Another source is answered during the flood, with a minimal 401.
     let honest = UdpSocket::bind("127.0.0.5:0").await?;
     honest.send_to(&allocate, turn).await?;
@@ -230,7 +252,12 @@ async fn reflection_flood_is_limited_per_source_and_answers_are_small() -> Resul
     let m = Message::parse(&buf[..n])?;
     assert!(m.attribute(attr::SOFTWARE).is_none());
     // ERROR-CODE without phrase 8, REALM 4+8, NONCE 4+32, FINGERPRINT 8.
-    assert_eq!(n, 20 + 8 + 12 + 36 + 8, "401 size (request was {})", allocate.len());
+    assert_eq!(
+        n,
+        20 + 8 + 12 + 36 + 8,
+        "401 size (request was {})",
+        allocate.len()
+    );
     Ok(())
 }
 
@@ -240,18 +267,28 @@ async fn ssrf_peers_are_forbidden() -> Result<()> {
     let turn: SocketAddr = relay.addr("turn-udp").parse()?;
     let sock = UdpSocket::bind("127.0.0.1:0").await?;
     let mut buf = [0u8; 2048];
-    sock.send_to(&request(Method::Allocate, 1, None), turn).await?;
+    sock.send_to(&request(Method::Allocate, 1, None), turn)
+        .await?;
     let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await??;
-    let nonce = Message::parse(&buf[..n])?.attribute(attr::NONCE).unwrap().to_vec();
-    sock.send_to(&request(Method::Allocate, 2, Some(&nonce)), turn).await?;
+    let nonce = Message::parse(&buf[..n])?
+        .attribute(attr::NONCE)
+        .unwrap()
+        .to_vec();
+    sock.send_to(&request(Method::Allocate, 2, Some(&nonce)), turn)
+        .await?;
     let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await??;
     if Message::parse(&buf[..n])?.class() != Class::Success {
         bail!("allocate failed: {:?}", error_code(&buf[..n]));
     }
     let key = relay::stun::integrity::long_term_key(b"bench", REALM.as_bytes(), b"bench");
-    for (i, peer) in ["198.18.0.1:9", "192.0.0.170:9", "127.0.0.1:9", "100.64.0.1:9"]
-        .into_iter()
-        .enumerate()
+    for (i, peer) in [
+        "198.18.0.1:9",
+        "192.0.0.170:9",
+        "127.0.0.1:9",
+        "100.64.0.1:9",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut req = Vec::new();
         let tid = [10 + i as u8; 12];

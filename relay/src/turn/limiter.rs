@@ -8,7 +8,7 @@
 //! answer is charged to every row. Shared lock-free by all UDP shards (SO_REUSEPORT spreads
 //! a spoofed flood over all of them).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -63,9 +63,7 @@ impl SourceLimiter {
             return true;
         }
         let key = source_key(ip);
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let hash = h.finish();
+        let hash = self.hasher.hash_one(key);
         let t = now.saturating_duration_since(self.epoch).as_micros() as u64;
         let idx = |row: usize| {
             let part = (hash >> (32 * row)) as usize & (self.width - 1);

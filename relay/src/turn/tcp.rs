@@ -136,8 +136,7 @@ pub async fn serve(
             continue;
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "total")
-                .increment(1);
+            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "total").increment(1);
             continue;
         };
         let _ = stream.set_nodelay(true);

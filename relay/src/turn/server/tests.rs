@@ -815,7 +815,9 @@ fn unauthenticated_answers_are_minimal() {
     let mut req = Vec::new();
     MessageBuilder::new(&mut req, Class::Request, Method::Binding, &[7; 12]);
     assert_eq!(req.len(), 20);
-    let t = s.handle_input(now, Via::Listener, sa(CLIENT), &req).unwrap();
+    let t = s
+        .handle_input(now, Via::Listener, sa(CLIENT), &req)
+        .unwrap();
     assert_eq!(t.payload.len(), 20 + 12, "header + XOR-MAPPED-ADDRESS only");
     let m = Message::parse(t.payload).unwrap();
     assert!(m.attribute(attr::SOFTWARE).is_none());
@@ -839,7 +841,10 @@ fn unauthenticated_answers_are_minimal() {
     allocate(&mut s, now, &mut c, "203.0.113.8:1");
     let r = c.build(Method::Refresh, true, |_| {});
     let (_, _, raw) = call(&mut s, now, "203.0.113.8:1", &r);
-    assert!(Message::parse(&raw).unwrap().attribute(attr::SOFTWARE).is_some());
+    assert!(Message::parse(&raw)
+        .unwrap()
+        .attribute(attr::SOFTWARE)
+        .is_some());
 }
 
 /// A flood of unauthenticated requests from one (spoofed) source gets the burst answered and
@@ -874,7 +879,10 @@ fn unauthenticated_answers_are_rate_limited_per_source() {
     // The victim's budget refills at the configured rate.
     let then = later(now, 1);
     let answered = (0..100)
-        .filter(|_| s.handle_input(then, Via::Listener, victim, &binding).is_some())
+        .filter(|_| {
+            s.handle_input(then, Via::Listener, victim, &binding)
+                .is_some()
+        })
         .count();
     assert_eq!(answered, 5);
     // Authenticated traffic from a limited source is not affected.
@@ -883,7 +891,10 @@ fn unauthenticated_answers_are_rate_limited_per_source() {
     let req = a.build(Method::Allocate, true, |b| {
         b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
     });
-    assert_eq!(call(&mut s, then, &victim.to_string(), &req).0, Class::Success);
+    assert_eq!(
+        call(&mut s, then, &victim.to_string(), &req).0,
+        Class::Success
+    );
 }
 
 #[test]
