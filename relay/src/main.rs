@@ -58,12 +58,22 @@ async fn main() -> Result<()> {
     // The TURN port advertised in `welcome.ice_servers` when `signaling.turn_uris` is empty
     // (should be the bound TURN port once the TURN listener is wired in here).
     let turn_port: Option<u16> = Some(turn.udp_addr.port());
-    let signaling = relay::signaling::Signaling::start(
+    let cluster = relay::cluster::link(&config.cluster);
+    let (link, queue) = cluster.map_or((None, None), |(l, q)| (Some(l), Some(q)));
+    let signaling = relay::signaling::Signaling::start_clustered(
         config.signaling.clone(),
         ticket_key.clone(),
         signaling_listener,
         turn_port,
+        link,
     );
+    if let Some(queue) = queue {
+        relay::cluster::spawn(config.cluster.clone(), signaling.signaling.clone(), queue).await?;
+        println!(
+            "cluster {} {}",
+            config.cluster.node_id, config.cluster.nats_url
+        );
+    }
 
     println!("ready");
     shutdown_signal().await;

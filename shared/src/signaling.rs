@@ -111,6 +111,8 @@ pub enum ErrorCode {
     TooLarge,
     Unauthorized,
     Busy,
+    /// Cross-node routing is down (the relay lost NATS); retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -124,6 +126,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Busy => "busy",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

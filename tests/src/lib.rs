@@ -168,3 +168,80 @@ pub async fn api_call(
     };
     Ok((status, value))
 }
+
+/// A private `nats-server` (JetStream, its own store dir) on a free loopback port, so a test can
+/// kill and restart it without touching the machine's shared one. Killed when dropped.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts one; `VC_TEST_NATS_SERVER` overrides the binary (default `/usr/sbin/nats-server`,
+    /// else `nats-server` on PATH).
+    pub async fn start() -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut nats = Self {
+            child: None,
+            port,
+            store: tempfile::tempdir()?,
+        };
+        nats.restart().await?;
+        Ok(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`, as a crash would.
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// (Re)starts on the same port and store; waits (up to 10 s) until it accepts TCP.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill().await?;
+        let bin = std::env::var("VC_TEST_NATS_SERVER").unwrap_or_else(|_| {
+            if std::path::Path::new("/usr/sbin/nats-server").exists() {
+                "/usr/sbin/nats-server".into()
+            } else {
+                "nats-server".into()
+            }
+        });
+        let child = Command::new(bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn nats-server")?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            if tokio::time::Instant::now() > deadline {
+                bail!("nats-server did not listen on {} within 10 s", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}

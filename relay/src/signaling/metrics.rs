@@ -14,14 +14,14 @@ pub struct SignalingMetrics {
     routed_answer: Counter,
     routed_candidate: Counter,
     routed_bye: Counter,
-    errors: [Counter; 8],
+    errors: [Counter; 9],
     pub slow_consumers_dropped: Counter,
     pub unauthorized_upgrades: Counter,
     pub presence_reports: Counter,
     pub presence_failures: Counter,
 }
 
-const CODES: [ErrorCode; 8] = [
+const CODES: [ErrorCode; 9] = [
     ErrorCode::CameraOffline,
     ErrorCode::Forbidden,
     ErrorCode::UnknownSession,
@@ -30,6 +30,7 @@ const CODES: [ErrorCode; 8] = [
     ErrorCode::TooLarge,
     ErrorCode::Unauthorized,
     ErrorCode::Busy,
+    ErrorCode::Unavailable,
 ];
 
 impl SignalingMetrics {

@@ -16,12 +16,20 @@
 //! * **`devices`** (device id -> [`DeviceSlot`]: the camera's connection and its sessions) is a
 //!   second `DashMap`; it is written only when sessions or cameras come and go.
 //!
-//! Lock order is always `devices` entry, then `sessions` entry; nothing takes a `devices` lock
-//! while holding a `sessions` one, so the two maps cannot deadlock. Session creation, removal and
+//! Lock order is always `devices` entry, then `sessions` entry, then `remote_viewers`; nothing
+//! takes them the other way round, so the maps cannot deadlock. Session creation, removal and
 //! camera replacement are done under the device's entry lock, which makes them atomic with
 //! respect to each other for that device.
+//!
+//! # Several nodes (issue 9, `docs/cluster.md`)
+//! A session's party is a [`Party`]: a connection on this node, or one on another node. A
+//! router built with [`Router::clustered`] answers a `connect` for a camera it does not hold with
+//! [`Delivery::Connect`] (the cluster driver asks the camera's node) and sends messages for a
+//! remote party as [`Delivery::Forward`]. The local path is unchanged: a `Party::Local` compare
+//! is one discriminant + integer compare and cloning it touches no reference count.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
@@ -91,11 +99,29 @@ impl CloseReason {
     }
 }
 
+/// A relay node's name (`[cluster] node_id`), shared cheaply.
+pub type NodeName = Arc<str>;
+
+/// One side of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Party {
+    /// A connection on this node.
+    Local(ConnId),
+    /// Connection `conn` on node `node` (its connection ids are its own, not ours).
+    Remote { node: NodeName, conn: ConnId },
+}
+
 /// What the router asks the driver to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// Send `msg` to connection `to`.
     Send { to: ConnId, msg: ServerMessage },
+    /// Send `msg` (offer/answer/candidate/bye of a session) to the session's party on `node`.
+    Forward { node: NodeName, msg: ServerMessage },
+    /// Clustered only: `viewer` (allowed to, limits checked) wants a session with `device`, whose
+    /// camera is not on this node: find its node and ask it ([`Router::remote_connect`] there,
+    /// [`Router::remote_opened`] here).
+    Connect { viewer: ConnId, device: Uuid },
     /// Close connection `conn`.
     Close { conn: ConnId, reason: CloseReason },
     /// A camera came online or went offline at `at_ms` (unix milliseconds).
@@ -178,20 +204,20 @@ impl ConnState {
     }
 }
 
-/// Where a session's messages go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a session's messages go. At most one party is remote.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub device: Uuid,
-    pub viewer: ConnId,
-    pub camera: ConnId,
+    pub viewer: Party,
+    pub camera: Party,
 }
 
 /// An online camera and the sessions it serves.
 #[derive(Debug)]
 struct DeviceSlot {
     camera: ConnId,
-    /// `(session id, viewer connection)`; short (at most `max_sessions_per_camera`).
-    sessions: Vec<(Uuid, ConnId)>,
+    /// `(session id, viewer)`; short (at most `max_sessions_per_camera`).
+    sessions: Vec<(Uuid, Party)>,
 }
 
 /// The signaling router. See the module docs for the concurrency design.
@@ -201,6 +227,33 @@ pub struct Router {
     devices: DashMap<Uuid, DeviceSlot>,
     sessions: DashMap<Uuid, Route>,
     viewers: AtomicUsize,
+    /// Clustered: this node's name. `None`: single node, no remote destinations ever.
+    node: Option<NodeName>,
+    /// Clustered: a local viewer's sessions with cameras on other nodes (the driver opens them,
+    /// so they cannot live in the viewer-owned [`ConnState`]).
+    remote_viewers: DashMap<ConnId, Vec<Uuid>>,
+}
+
+/// A message for `party`: a local send or a forward to its node.
+fn to_party(party: &Party, msg: ServerMessage) -> Delivery {
+    match party {
+        Party::Local(to) => Delivery::Send { to: *to, msg },
+        Party::Remote { node, .. } => Delivery::Forward {
+            node: node.clone(),
+            msg,
+        },
+    }
+}
+
+/// The session a routed message belongs to.
+fn session_of(msg: &ServerMessage) -> Option<Uuid> {
+    match msg {
+        ServerMessage::Offer { session_id, .. }
+        | ServerMessage::Answer { session_id, .. }
+        | ServerMessage::Candidate { session_id, .. }
+        | ServerMessage::Bye { session_id, .. } => Some(*session_id),
+        _ => None,
+    }
 }
 
 fn error(to: ConnId, code: ErrorCode, message: &str, reference: Option<String>) -> Delivery {
@@ -214,6 +267,7 @@ fn error(to: ConnId, code: ErrorCode, message: &str, reference: Option<String>) 
     }
 }
 
+#[cfg(test)]
 fn bye(to: ConnId, session_id: Uuid, reason: Option<&str>) -> Delivery {
     Delivery::Send {
         to,
@@ -232,7 +286,22 @@ impl Router {
             devices: DashMap::new(),
             sessions: DashMap::new(),
             viewers: AtomicUsize::new(0),
+            node: None,
+            remote_viewers: DashMap::new(),
         }
+    }
+
+    /// A router of node `node` in a cluster: cameras it does not hold are looked up elsewhere.
+    pub fn clustered(key: TicketKey, limits: RouterLimits, node: NodeName) -> Self {
+        Self {
+            node: Some(node),
+            ..Self::new(key, limits)
+        }
+    }
+
+    /// This node's name when clustered.
+    pub fn node(&self) -> Option<&NodeName> {
+        self.node.as_ref()
     }
 
     /// Verifies a signaling token at `now` (unix seconds).
@@ -262,7 +331,7 @@ impl Router {
 
     /// The route of a session, if it exists.
     pub fn route(&self, session_id: Uuid) -> Option<Route> {
-        self.sessions.get(&session_id).map(|r| *r)
+        self.sessions.get(&session_id).map(|r| r.clone())
     }
 
     /// An authenticated connection joined. A camera replaces any older connection of the same
@@ -284,11 +353,7 @@ impl Router {
                 if let Some(old) = self.devices.insert(device, fresh) {
                     for (session_id, viewer) in old.sessions {
                         self.sessions.remove(&session_id);
-                        out.push(bye(
-                            viewer,
-                            session_id,
-                            Some(bye_reason::CAMERA_RECONNECTED),
-                        ));
+                        out.push(bye_to(&viewer, session_id, bye_reason::CAMERA_RECONNECTED));
                     }
                     out.push(Delivery::Close {
                         conn: old.camera,
@@ -309,10 +374,14 @@ impl Router {
         match conn.role {
             Role::Viewer => {
                 self.viewers.fetch_sub(1, Ordering::Relaxed);
+                let me = Party::Local(conn.id);
                 for &session_id in &conn.sessions {
-                    if let Some(route) = self.end_session(session_id, conn.id) {
-                        out.push(bye(route.camera, session_id, Some(bye_reason::VIEWER_LEFT)));
+                    if let Some(route) = self.end_session(session_id, &me) {
+                        out.push(bye_to(&route.camera, session_id, bye_reason::VIEWER_LEFT));
                     }
+                }
+                if self.node.is_some() {
+                    self.drop_remote_viewer(conn.id, out);
                 }
             }
             Role::Camera => {
@@ -325,7 +394,7 @@ impl Router {
                 {
                     for (session_id, viewer) in slot.sessions {
                         self.sessions.remove(&session_id);
-                        out.push(bye(viewer, session_id, Some(bye_reason::CAMERA_OFFLINE)));
+                        out.push(bye_to(&viewer, session_id, bye_reason::CAMERA_OFFLINE));
                     }
                     out.push(Delivery::Presence {
                         device_id: device,
@@ -357,6 +426,7 @@ impl Router {
         out: &mut Vec<Delivery>,
     ) {
         let me = conn.id;
+        let local = Party::Local(me);
         match msg {
             ClientMessage::Auth { token } => self.refresh(now_ms / 1000, conn, &token, out),
             ClientMessage::Connect { device_id } => self.connect(conn, device_id, out),
@@ -371,10 +441,10 @@ impl Router {
                     return;
                 }
                 match self.route(session_id) {
-                    Some(r) if r.viewer == me => out.push(Delivery::Send {
-                        to: r.camera,
-                        msg: ServerMessage::Offer { session_id, sdp },
-                    }),
+                    Some(r) if r.viewer == local => out.push(to_party(
+                        &r.camera,
+                        ServerMessage::Offer { session_id, sdp },
+                    )),
                     _ => out.push(unknown_session(me, session_id)),
                 }
             }
@@ -389,42 +459,39 @@ impl Router {
                     return;
                 }
                 match self.route(session_id) {
-                    Some(r) if r.camera == me => out.push(Delivery::Send {
-                        to: r.viewer,
-                        msg: ServerMessage::Answer { session_id, sdp },
-                    }),
+                    Some(r) if r.camera == local => out.push(to_party(
+                        &r.viewer,
+                        ServerMessage::Answer { session_id, sdp },
+                    )),
                     _ => out.push(unknown_session(me, session_id)),
                 }
             }
             ClientMessage::Candidate {
                 session_id,
                 candidate,
-            } => match self.route(session_id).and_then(|r| peer_of(&r, conn)) {
-                Some(to) => out.push(Delivery::Send {
-                    to,
-                    msg: ServerMessage::Candidate {
+            } => match self.route(session_id).and_then(|r| peer_of(r, conn)) {
+                Some(to) => out.push(to_party(
+                    &to,
+                    ServerMessage::Candidate {
                         session_id,
                         candidate,
                     },
-                }),
+                )),
                 None => out.push(unknown_session(me, session_id)),
             },
             ClientMessage::Bye { session_id, reason } => {
                 let party = self
                     .route(session_id)
-                    .is_some_and(|r| peer_of(&r, conn).is_some());
+                    .is_some_and(|r| peer_of(r, conn).is_some());
                 let ended = if party {
-                    self.end_session(session_id, me)
+                    self.end_session(session_id, &local)
                 } else {
                     None
                 };
-                match ended.and_then(|r| peer_of(&r, conn)) {
+                match ended.and_then(|r| peer_of(r, conn)) {
                     Some(to) => {
                         conn.sessions.retain(|s| *s != session_id);
-                        out.push(Delivery::Send {
-                            to,
-                            msg: ServerMessage::Bye { session_id, reason },
-                        });
+                        out.push(to_party(&to, ServerMessage::Bye { session_id, reason }));
                     }
                     None => out.push(unknown_session(me, session_id)),
                 }
@@ -455,9 +522,16 @@ impl Router {
             return;
         }
         // Drop ids of sessions the camera side has ended since.
-        conn.sessions
-            .retain(|s| self.route(*s).is_some_and(|r| r.viewer == me));
-        if conn.sessions.len() >= self.limits.max_sessions_per_viewer {
+        conn.sessions.retain(|s| {
+            self.sessions
+                .get(s)
+                .is_some_and(|r| r.viewer == Party::Local(me))
+        });
+        let remote = match self.node {
+            Some(_) => self.remote_viewers.get(&me).map_or(0, |v| v.len()),
+            None => 0,
+        };
+        if conn.sessions.len() + remote >= self.limits.max_sessions_per_viewer {
             out.push(error(
                 me,
                 ErrorCode::Busy,
@@ -467,6 +541,10 @@ impl Router {
             return;
         }
         let Some(mut slot) = self.devices.get_mut(&device) else {
+            if self.node.is_some() {
+                out.push(Delivery::Connect { viewer: me, device });
+                return;
+            }
             out.push(error(
                 me,
                 ErrorCode::CameraOffline,
@@ -485,14 +563,14 @@ impl Router {
             return;
         }
         let session_id = Uuid::new_v4();
-        slot.sessions.push((session_id, me));
+        slot.sessions.push((session_id, Party::Local(me)));
         // Lock order devices -> sessions (see module docs).
         self.sessions.insert(
             session_id,
             Route {
                 device,
-                viewer: me,
-                camera: slot.camera,
+                viewer: Party::Local(me),
+                camera: Party::Local(slot.camera),
             },
         );
         drop(slot);
@@ -507,21 +585,144 @@ impl Router {
     }
 
     /// Removes `session_id` if `party` is its viewer or camera; returns its route.
-    fn end_session(&self, session_id: Uuid, party: ConnId) -> Option<Route> {
+    fn end_session(&self, session_id: Uuid, party: &Party) -> Option<Route> {
         let route = self.route(session_id)?;
-        if route.viewer != party && route.camera != party {
+        if route.viewer != *party && route.camera != *party {
             return None;
         }
-        // Lock order devices -> sessions (see module docs).
-        let mut slot = self.devices.get_mut(&route.device);
+        // Lock order devices -> sessions -> remote_viewers (see module docs).
+        let mut slot = match route.camera {
+            Party::Local(_) => self.devices.get_mut(&route.device),
+            Party::Remote { .. } => None,
+        };
         let removed = self
             .sessions
             .remove_if(&session_id, |_, r| *r == route)
             .map(|(_, r)| r);
-        if let (Some(slot), Some(_)) = (slot.as_mut(), removed) {
+        if let (Some(slot), Some(_)) = (slot.as_mut(), removed.as_ref()) {
             slot.sessions.retain(|(s, _)| *s != session_id);
         }
+        if let (Some(r), Party::Remote { .. }) = (removed.as_ref(), &route.camera) {
+            if let Party::Local(viewer) = r.viewer {
+                if let Some(mut list) = self.remote_viewers.get_mut(&viewer) {
+                    list.retain(|s| *s != session_id);
+                }
+            }
+        }
         removed
+    }
+
+    /// Clustered, on the camera's node: node `from`'s viewer connection `viewer` asks for a
+    /// session with `device`. The viewer's node already checked its token and its limits (nodes
+    /// trust each other; NATS access is the perimeter). Returns the session id and the camera's
+    /// connection id, or the error for the viewer.
+    pub fn remote_connect(
+        &self,
+        from: NodeName,
+        viewer: ConnId,
+        device: Uuid,
+    ) -> Result<(Uuid, ConnId), (ErrorCode, &'static str)> {
+        let Some(mut slot) = self.devices.get_mut(&device) else {
+            return Err((ErrorCode::CameraOffline, "the camera is not connected"));
+        };
+        if slot.sessions.len() >= self.limits.max_sessions_per_camera {
+            return Err((
+                ErrorCode::Busy,
+                "the camera serves its maximum number of viewers",
+            ));
+        }
+        let session_id = Uuid::new_v4();
+        let party = Party::Remote {
+            node: from,
+            conn: viewer,
+        };
+        slot.sessions.push((session_id, party.clone()));
+        let camera = slot.camera;
+        self.sessions.insert(
+            session_id,
+            Route {
+                device,
+                viewer: party,
+                camera: Party::Local(camera),
+            },
+        );
+        Ok((session_id, camera))
+    }
+
+    /// Clustered, on the viewer's node: `node` opened `session_id` for local `viewer` with its
+    /// camera connection `camera`. Records the route and tells the viewer.
+    pub fn remote_opened(
+        &self,
+        viewer: ConnId,
+        device: Uuid,
+        session_id: Uuid,
+        node: NodeName,
+        camera: ConnId,
+        out: &mut Vec<Delivery>,
+    ) {
+        self.sessions.insert(
+            session_id,
+            Route {
+                device,
+                viewer: Party::Local(viewer),
+                camera: Party::Remote { node, conn: camera },
+            },
+        );
+        self.remote_viewers
+            .entry(viewer)
+            .or_default()
+            .push(session_id);
+        out.push(Delivery::Send {
+            to: viewer,
+            msg: ServerMessage::Session {
+                session_id,
+                device_id: device,
+            },
+        });
+    }
+
+    /// Clustered: local `viewer` is gone; ends its sessions with cameras on other nodes.
+    pub fn drop_remote_viewer(&self, viewer: ConnId, out: &mut Vec<Delivery>) {
+        let me = Party::Local(viewer);
+        if let Some((_, remote)) = self.remote_viewers.remove(&viewer) {
+            for session_id in remote {
+                if let Some(route) = self.end_session(session_id, &me) {
+                    out.push(bye_to(&route.camera, session_id, bye_reason::VIEWER_LEFT));
+                }
+            }
+        }
+    }
+
+    /// Clustered: `msg` (offer/answer/candidate/bye) arrived from node `from`. Delivered to the
+    /// local party only if the session's other party is on `from` and the direction fits (an
+    /// offer goes to a camera, an answer to a viewer); anything else is dropped and `false`
+    /// returned. A `bye` ends the session here too.
+    pub fn remote_signal(&self, from: &str, msg: ServerMessage, out: &mut Vec<Delivery>) -> bool {
+        let Some(session_id) = session_of(&msg) else {
+            return false;
+        };
+        let Some(route) = self.route(session_id) else {
+            return false;
+        };
+        let (remote, local) = match (&route.viewer, &route.camera) {
+            (r @ Party::Remote { node, .. }, Party::Local(c)) if &**node == from => (r, *c),
+            (Party::Local(v), r @ Party::Remote { node, .. }) if &**node == from => (r, *v),
+            _ => return false,
+        };
+        let to_camera = matches!(route.camera, Party::Local(_));
+        match &msg {
+            ServerMessage::Offer { .. } if !to_camera => return false,
+            ServerMessage::Answer { .. } if to_camera => return false,
+            ServerMessage::Bye { .. } => {
+                let remote = remote.clone();
+                if self.end_session(session_id, &remote).is_none() {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        out.push(Delivery::Send { to: local, msg });
+        true
     }
 
     /// `auth {token}` on an authenticated connection: a token refresh. It must be for the same
@@ -560,6 +761,16 @@ impl Router {
     }
 }
 
+fn bye_to(party: &Party, session_id: Uuid, reason: &str) -> Delivery {
+    to_party(
+        party,
+        ServerMessage::Bye {
+            session_id,
+            reason: Some(reason.to_owned()),
+        },
+    )
+}
+
 fn unknown_session(to: ConnId, session_id: Uuid) -> Delivery {
     error(
         to,
@@ -570,10 +781,11 @@ fn unknown_session(to: ConnId, session_id: Uuid) -> Delivery {
 }
 
 /// The other party of a session, if `conn` is one of its parties.
-fn peer_of(route: &Route, conn: &ConnState) -> Option<ConnId> {
+fn peer_of(route: Route, conn: &ConnState) -> Option<Party> {
+    let me = Party::Local(conn.id);
     match conn.role {
-        Role::Viewer if route.viewer == conn.id => Some(route.camera),
-        Role::Camera if route.camera == conn.id => Some(route.viewer),
+        Role::Viewer if route.viewer == me => Some(route.camera),
+        Role::Camera if route.camera == me => Some(route.viewer),
         _ => None,
     }
 }
@@ -1012,7 +1224,10 @@ mod tests {
         let mut out = Vec::new();
         f.router.disconnected(NOW * 1000, &old, &mut out);
         assert!(out.is_empty(), "{out:?}");
-        assert_eq!(f.router.route(s3).map(|r| r.camera), Some(new.id));
+        assert_eq!(
+            f.router.route(s3).map(|r| r.camera),
+            Some(Party::Local(new.id))
+        );
         assert_eq!(f.router.cameras(), 1);
     }
 
@@ -1165,5 +1380,193 @@ mod tests {
         for d in &devices {
             assert!(router.devices.get(d).is_some_and(|s| s.sessions.is_empty()));
         }
+    }
+
+    /// Two clustered routers with the driver's part played by hand (no IO, no clock).
+    #[test]
+    fn cross_node_session_routes_both_ways_and_checks_the_sender_node() {
+        let key = TicketKey::new(&Secret::new("router-test"));
+        let a = Router::clustered(key.clone(), RouterLimits::default(), "a".into());
+        let b = Router::clustered(key.clone(), RouterLimits::default(), "b".into());
+        let dev = Uuid::new_v4();
+        let other = Uuid::new_v4();
+        let claims = |sub: &str, role, devices| key.mint_signaling(sub, role, devices, NOW, 600).1;
+        let cam = ConnState::new(1, claims(&dev.to_string(), Role::Camera, vec![dev]));
+        let mut out = Vec::new();
+        a.connected(NOW * 1000, &cam, &mut out);
+        out.clear();
+        let mut v = ConnState::new(1, claims("user-1", Role::Viewer, vec![dev]));
+        b.connected(NOW * 1000, &v, &mut out);
+        // Not on b: b asks the cluster, after its own access check.
+        b.message(
+            0,
+            &mut v,
+            ClientMessage::Connect { device_id: dev },
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![Delivery::Connect {
+                viewer: 1,
+                device: dev
+            }]
+        );
+        out.clear();
+        b.message(
+            0,
+            &mut v,
+            ClientMessage::Connect { device_id: other },
+            &mut out,
+        );
+        assert_eq!(error_code(&out, 1), ErrorCode::Forbidden);
+        out.clear();
+        // a opens it, b records it.
+        let (sid, cam_conn) = a.remote_connect("b".into(), v.id, dev).unwrap();
+        assert_eq!(cam_conn, cam.id);
+        assert_eq!(
+            a.remote_connect("b".into(), 9, other),
+            Err((ErrorCode::CameraOffline, "the camera is not connected"))
+        );
+        b.remote_opened(v.id, dev, sid, "a".into(), cam_conn, &mut out);
+        assert!(matches!(
+            out.as_slice(),
+            [Delivery::Send {
+                to: 1,
+                msg: ServerMessage::Session { .. }
+            }]
+        ));
+        out.clear();
+        // Offer b -> a.
+        b.message(
+            0,
+            &mut v,
+            ClientMessage::Offer {
+                session_id: sid,
+                sdp: "o".into(),
+            },
+            &mut out,
+        );
+        let offer = ServerMessage::Offer {
+            session_id: sid,
+            sdp: "o".into(),
+        };
+        assert_eq!(
+            out,
+            vec![Delivery::Forward {
+                node: "a".into(),
+                msg: offer.clone()
+            }]
+        );
+        out.clear();
+        // A node that is not the session's other party is ignored; so is an offer to a viewer.
+        assert!(!a.remote_signal("c", offer.clone(), &mut out));
+        assert!(!b.remote_signal("a", offer.clone(), &mut out));
+        assert!(out.is_empty());
+        assert!(a.remote_signal("b", offer.clone(), &mut out));
+        assert_eq!(
+            out,
+            vec![Delivery::Send {
+                to: cam.id,
+                msg: offer
+            }]
+        );
+        out.clear();
+        // Answer and candidate a -> b.
+        let mut cam = cam;
+        a.message(
+            0,
+            &mut cam,
+            ClientMessage::Answer {
+                session_id: sid,
+                sdp: "a".into(),
+            },
+            &mut out,
+        );
+        let answer = ServerMessage::Answer {
+            session_id: sid,
+            sdp: "a".into(),
+        };
+        assert_eq!(
+            out,
+            vec![Delivery::Forward {
+                node: "b".into(),
+                msg: answer.clone()
+            }]
+        );
+        out.clear();
+        assert!(b.remote_signal("a", answer.clone(), &mut out));
+        assert_eq!(
+            out,
+            vec![Delivery::Send {
+                to: v.id,
+                msg: answer
+            }]
+        );
+        out.clear();
+        a.message(
+            0,
+            &mut cam,
+            ClientMessage::Candidate {
+                session_id: sid,
+                candidate: cand(),
+            },
+            &mut out,
+        );
+        assert!(matches!(&out[..], [Delivery::Forward { node, .. }] if &**node == "b"));
+        out.clear();
+        // Viewer leaves: its remote session ends on b and a bye goes to a, which ends it there.
+        b.disconnected(0, &v, &mut out);
+        let bye_msg = ServerMessage::Bye {
+            session_id: sid,
+            reason: Some(bye_reason::VIEWER_LEFT.into()),
+        };
+        assert_eq!(
+            out,
+            vec![Delivery::Forward {
+                node: "a".into(),
+                msg: bye_msg.clone()
+            }]
+        );
+        assert_eq!(b.sessions(), 0);
+        out.clear();
+        assert!(a.remote_signal("b", bye_msg.clone(), &mut out));
+        assert_eq!(
+            out,
+            vec![Delivery::Send {
+                to: cam.id,
+                msg: bye_msg
+            }]
+        );
+        assert_eq!(a.sessions(), 0);
+        assert!(a.devices.get(&dev).is_some_and(|s| s.sessions.is_empty()));
+    }
+
+    #[test]
+    fn camera_leaving_byes_its_remote_viewers_and_single_node_never_goes_remote() {
+        let key = TicketKey::new(&Secret::new("router-test"));
+        let a = Router::clustered(key.clone(), RouterLimits::default(), "a".into());
+        let dev = Uuid::new_v4();
+        let cam = ConnState::new(
+            1,
+            key.mint_signaling(&dev.to_string(), Role::Camera, vec![dev], NOW, 600)
+                .1,
+        );
+        let mut out = Vec::new();
+        a.connected(0, &cam, &mut out);
+        let (sid, _) = a.remote_connect("b".into(), 4, dev).unwrap();
+        out.clear();
+        a.disconnected(0, &cam, &mut out);
+        assert!(out.contains(&Delivery::Forward {
+            node: "b".into(),
+            msg: ServerMessage::Bye {
+                session_id: sid,
+                reason: Some(bye_reason::CAMERA_OFFLINE.into())
+            }
+        }));
+        // Without a cluster a missing camera is `camera_offline` at once.
+        let mut f = Fixture::new();
+        let mut v = f.viewer(vec![dev]);
+        let out = f.send(&mut v, ClientMessage::Connect { device_id: dev });
+        assert_eq!(error_code(&out, v.id), ErrorCode::CameraOffline);
     }
 }

@@ -82,6 +82,8 @@ pub struct Signaling {
     pub(crate) metrics: SignalingMetrics,
     pub(crate) ws_config: WebSocketConfig,
     presence: Option<mpsc::UnboundedSender<PresenceEvent>>,
+    /// Clustered: the bounded queue to the NATS driver (`crate::cluster`).
+    cluster: Option<crate::cluster::ClusterLink>,
     turn_port: Option<u16>,
     next_id: AtomicU64,
     limit: Arc<Semaphore>,
@@ -131,6 +133,18 @@ impl Signaling {
         listener: TcpListener,
         turn_port: Option<u16>,
     ) -> SignalingHandle {
+        Self::start_clustered(config, key, listener, turn_port, None)
+    }
+
+    /// [`Self::start`] as one node of a cluster: `cluster` links the router to the NATS driver,
+    /// which the caller starts next ([`crate::cluster::spawn`]).
+    pub fn start_clustered(
+        config: SignalingConfig,
+        key: TicketKey,
+        listener: TcpListener,
+        turn_port: Option<u16>,
+        cluster: Option<crate::cluster::ClusterLink>,
+    ) -> SignalingHandle {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (presence_tx, presence_rx) = if config.control_url.is_empty() {
             (None, None)
@@ -149,7 +163,11 @@ impl Signaling {
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
         let signaling = Arc::new(Signaling {
-            router: Router::new(key.clone(), limits),
+            router: match &cluster {
+                Some(link) => Router::clustered(key.clone(), limits, link.node.clone()),
+                None => Router::new(key.clone(), limits),
+            },
+            cluster,
             key,
             conns: DashMap::new(),
             metrics: SignalingMetrics::new(),
@@ -191,11 +209,40 @@ impl Signaling {
                         h.kill.fire(reason);
                     }
                 }
+                Delivery::Forward { .. } => {
+                    if let Some(link) = &self.cluster {
+                        link.push(d);
+                    }
+                }
+                Delivery::Connect { viewer, device } => {
+                    let queued = self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|l| l.push(Delivery::Connect { viewer, device }));
+                    if !queued {
+                        // Never leave a viewer waiting for an answer that will not come.
+                        self.send(
+                            viewer,
+                            &ServerMessage::Error {
+                                code: shared::signaling::ErrorCode::Unavailable,
+                                message: "cross-node routing is overloaded; retry".into(),
+                                reference: Some(device.to_string()),
+                            },
+                        );
+                    }
+                }
                 Delivery::Presence {
                     device_id,
                     online,
                     at_ms,
                 } => {
+                    if let Some(link) = &self.cluster {
+                        link.push(Delivery::Presence {
+                            device_id,
+                            online,
+                            at_ms,
+                        });
+                    }
                     if let Some(tx) = &self.presence {
                         let _ = tx.send(PresenceEvent {
                             device_id,
