@@ -12,3 +12,110 @@ pub mod turn;
 
 pub use config::RelayConfig;
 pub use error::Error;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+/// Listeners the caller bound before starting the relay (so tests can bind port 0 and read the
+/// address back). TURN binds its own UDP/TCP sockets from `config.turn.listen` (port 0 works).
+pub struct Listeners {
+    /// Admin HTTP listener (`/metrics`, `/healthz`).
+    pub admin: TcpListener,
+    /// Signaling WebSocket listener.
+    pub signaling: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both TCP listeners on the configured addresses.
+    pub async fn bind(config: &RelayConfig) -> Result<Self, Error> {
+        let (admin, _) = admin::bind(&config.admin_listen).await?;
+        let signaling = TcpListener::bind(&config.signaling.listen).await?;
+        Ok(Self { admin, signaling })
+    }
+}
+
+/// A started relay: every service running, addresses known. Stop it with [`Relay::shutdown`].
+pub struct Relay {
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    /// Bound signaling address.
+    pub signaling_addr: SocketAddr,
+    /// Bound TURN UDP address.
+    pub turn_udp_addr: SocketAddr,
+    /// Bound TURN TCP address, when TURN over TCP is enabled.
+    pub turn_tcp_addr: Option<SocketAddr>,
+    /// True when this node routes across NATS (`[cluster] nats_url` set).
+    pub clustered: bool,
+    drain: Duration,
+    admin_task: tokio::task::JoinHandle<()>,
+    signaling: signaling::SignalingHandle,
+    turn: turn::TurnService,
+}
+
+impl Relay {
+    /// Starts admin, TURN and signaling on `listeners` (what `vc-relay` runs).
+    pub async fn start(config: RelayConfig, listeners: Listeners) -> Result<Self, Error> {
+        let metrics = admin::install_recorder();
+        let admin_addr = listeners.admin.local_addr()?;
+        let signaling_addr = listeners.signaling.local_addr()?;
+        let admin_task = tokio::spawn(admin::serve(listeners.admin, metrics));
+        let ticket_key = shared::ticket::TicketKey::new(&config.resolve_ticket_secret()?);
+        let turn = turn::TurnService::start(&config.turn, Some(ticket_key.clone()))?;
+        if let Err(e) = signaling::raise_fd_limit() {
+            tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE");
+        }
+        // The TURN port advertised in `welcome.ice_servers` when `signaling.turn_uris` is empty.
+        let turn_port = Some(turn.udp_addr.port());
+        let (link, queue) =
+            cluster::link(&config.cluster).map_or((None, None), |(l, q)| (Some(l), Some(q)));
+        let signaling = signaling::Signaling::start_clustered(
+            config.signaling.clone(),
+            ticket_key,
+            listeners.signaling,
+            turn_port,
+            link,
+        );
+        // With `[cluster] nats_url` set, the NATS driver runs beside the WebSocket driver.
+        let clustered = queue.is_some();
+        if let Some(queue) = queue {
+            cluster::spawn(config.cluster.clone(), signaling.signaling.clone(), queue).await?;
+        }
+        Ok(Self {
+            admin_addr,
+            signaling_addr,
+            turn_udp_addr: turn.udp_addr,
+            turn_tcp_addr: turn.tcp_addr,
+            clustered,
+            drain: Duration::from_secs(config.drain_secs),
+            admin_task,
+            signaling,
+            turn,
+        })
+    }
+
+    /// Drains signaling (at most 5 s) and TURN (`drain_secs`), then stops the admin listener.
+    pub async fn shutdown(self) {
+        self.signaling
+            .shutdown(self.drain.min(Duration::from_secs(5)))
+            .await;
+        self.turn.drain(self.drain).await;
+        self.admin_task.abort();
+    }
+}
+
+/// Runs the relay on `listeners` until `shutdown` completes, then drains and returns
+/// (in-process entry point, like mini-redis's `server::run`).
+pub async fn run(
+    config: RelayConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let relay = Relay::start(config, listeners).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    relay.shutdown().await;
+    Ok(())
+}

@@ -31,58 +31,33 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config: RelayConfig = shared::config::load(config_path()?.as_deref())?;
-    let metrics = relay::admin::install_recorder();
-    let (admin, admin_addr) = relay::admin::bind(&config.admin_listen)
+    let (admin, _) = relay::admin::bind(&config.admin_listen)
         .await
         .with_context(|| format!("bind admin {}", config.admin_listen))?;
-    println!("listening admin {admin_addr}");
-    tokio::spawn(relay::admin::serve(admin, metrics));
-
-    // Signaling (WebSocket, issue 5).
-    let ticket_key = shared::ticket::TicketKey::new(&config.resolve_ticket_secret()?);
-
-    // TURN (issue 4): UDP workers and TCP on one port.
-    let turn = relay::turn::TurnService::start(&config.turn, Some(ticket_key.clone()))
-        .with_context(|| format!("start TURN on {}", config.turn.listen))?;
-    println!("listening turn-udp {}", turn.udp_addr);
-    if let Some(addr) = turn.tcp_addr {
-        println!("listening turn-tcp {addr}");
-    }
-    if let Err(e) = relay::signaling::raise_fd_limit() {
-        tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE");
-    }
-    let signaling_listener = tokio::net::TcpListener::bind(&config.signaling.listen)
+    let signaling = tokio::net::TcpListener::bind(&config.signaling.listen)
         .await
         .with_context(|| format!("bind signaling {}", config.signaling.listen))?;
-    println!("listening signaling {}", signaling_listener.local_addr()?);
-    // The TURN port advertised in `welcome.ice_servers` when `signaling.turn_uris` is empty
-    // (should be the bound TURN port once the TURN listener is wired in here).
-    let turn_port: Option<u16> = Some(turn.udp_addr.port());
-    let cluster = relay::cluster::link(&config.cluster);
-    let (link, queue) = cluster.map_or((None, None), |(l, q)| (Some(l), Some(q)));
-    let signaling = relay::signaling::Signaling::start_clustered(
-        config.signaling.clone(),
-        ticket_key.clone(),
-        signaling_listener,
-        turn_port,
-        link,
+    let turn_listen = config.turn.listen.clone();
+    let cluster_line = format!(
+        "cluster {} {}",
+        config.cluster.node_id, config.cluster.nats_url
     );
-    if let Some(queue) = queue {
-        relay::cluster::spawn(config.cluster.clone(), signaling.signaling.clone(), queue).await?;
-        println!(
-            "cluster {} {}",
-            config.cluster.node_id, config.cluster.nats_url
-        );
+    let relay = relay::Relay::start(config, relay::Listeners { admin, signaling })
+        .await
+        .with_context(|| format!("start relay (TURN on {turn_listen})"))?;
+    println!("listening admin {}", relay.admin_addr);
+    println!("listening turn-udp {}", relay.turn_udp_addr);
+    if let Some(addr) = relay.turn_tcp_addr {
+        println!("listening turn-tcp {addr}");
     }
-
+    println!("listening signaling {}", relay.signaling_addr);
+    if relay.clustered {
+        println!("{cluster_line}");
+    }
     println!("ready");
     shutdown_signal().await;
     tracing::info!("shutting down");
-    signaling
-        .shutdown(std::time::Duration::from_secs(config.drain_secs.min(5)))
-        .await;
-    turn.drain(std::time::Duration::from_secs(config.drain_secs))
-        .await;
+    relay.shutdown().await;
     Ok(())
 }
 
