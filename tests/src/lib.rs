@@ -6,6 +6,8 @@
 //! Binaries are looked up in the cargo target dir next to this test executable, so
 //! `cargo build --workspace --bins` must have run first (README's test command does).
 
+pub mod signaling_client;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;

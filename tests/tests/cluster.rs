@@ -3,21 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
-use shared::signaling::{ClientMessage, ErrorCode, IceCandidate, ServerMessage};
+use anyhow::{bail, Result};
+use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
 use shared::ticket::{unix_now, Role, TicketKey};
 use shared::Secret;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
+use vc_tests::signaling_client::{cand, recv, send, Ws, STEP};
 use vc_tests::{start, Nats, Running};
 
 const SECRET: &str = "cluster-test-ticket-secret";
-const STEP: Duration = Duration::from_secs(5);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn start_node(node: &str, nats: &str) -> Result<Running> {
     start(
@@ -54,25 +48,6 @@ async fn join(relay: &Running, token: &str) -> Result<Ws> {
     }
 }
 
-async fn send(ws: &mut Ws, msg: &ClientMessage) -> Result<()> {
-    ws.send(Message::text(serde_json::to_string(msg)?)).await?;
-    Ok(())
-}
-
-async fn recv(ws: &mut Ws) -> Result<ServerMessage> {
-    loop {
-        let m = tokio::time::timeout(STEP, ws.next())
-            .await
-            .context("no message within 5 s")?
-            .context("stream ended")??;
-        match m {
-            Message::Text(t) => return Ok(serde_json::from_str(&t)?),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => bail!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
 /// `connect` until a session opens (the directory entry may still be on its way), up to `within`.
 async fn open_session(viewer: &mut Ws, device: Uuid, within: Duration) -> Result<Uuid> {
     let deadline = Instant::now() + within;
@@ -89,18 +64,6 @@ async fn open_session(viewer: &mut Ws, device: Uuid, within: Duration) -> Result
             }
             other => bail!("expected a session, got {other:?}"),
         }
-    }
-}
-
-fn cand(n: u16) -> IceCandidate {
-    IceCandidate {
-        candidate: format!(
-            "candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host",
-            40000 + n
-        ),
-        sdp_mid: Some("0".into()),
-        sdp_mline_index: Some(0),
-        username_fragment: None,
     }
 }
 

@@ -9,20 +9,16 @@ use futures_util::{SinkExt, StreamExt};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use shared::api::{ActivateResponse, TicketResponse};
-use shared::signaling::{ClientMessage, ErrorCode, IceCandidate, ServerMessage};
+use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
 use shared::ticket::{unix_now, Role, TicketKey};
 use shared::Secret;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
+use vc_tests::signaling_client::{cand, recv, send, Ws, STEP};
 use vc_tests::{start, Running};
 
 const SECRET: &str = "signaling-test-ticket-secret";
-const STEP: Duration = Duration::from_secs(5);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Control {
     _running: Running,
@@ -199,26 +195,6 @@ async fn refused(url: &str) -> Result<StatusCode> {
     }
 }
 
-async fn send(ws: &mut Ws, msg: &ClientMessage) -> Result<()> {
-    ws.send(Message::text(serde_json::to_string(msg)?)).await?;
-    Ok(())
-}
-
-/// The next relay message (pings skipped); errors on close or timeout.
-async fn recv(ws: &mut Ws) -> Result<ServerMessage> {
-    loop {
-        let m = tokio::time::timeout(STEP, ws.next())
-            .await
-            .context("no message within 5 s")?
-            .context("stream ended")??;
-        match m {
-            Message::Text(t) => return Ok(serde_json::from_str(&t)?),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => bail!("expected a text message, got {other:?}"),
-        }
-    }
-}
-
 /// Waits for the close frame; returns its code and reason.
 async fn closed(ws: &mut Ws) -> Result<(u16, String)> {
     loop {
@@ -238,18 +214,6 @@ fn expect_error(m: ServerMessage, want: ErrorCode) -> Result<()> {
     match m {
         ServerMessage::Error { code, .. } if code == want => Ok(()),
         other => bail!("expected error {want:?}, got {other:?}"),
-    }
-}
-
-fn cand(n: u16) -> IceCandidate {
-    IceCandidate {
-        candidate: format!(
-            "candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host",
-            40000 + n
-        ),
-        sdp_mid: Some("0".into()),
-        sdp_mline_index: Some(0),
-        username_fragment: None,
     }
 }
 

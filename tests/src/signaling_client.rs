@@ -1,0 +1,49 @@
+//! A minimal signaling client for the integration tests (shared by `signaling.rs` and
+//! `cluster.rs`): typed send/receive over a real WebSocket, pings skipped.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use shared::signaling::{ClientMessage, IceCandidate, ServerMessage};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single step (a message, an upgrade) may take.
+pub const STEP: Duration = Duration::from_secs(5);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub async fn send(ws: &mut Ws, msg: &ClientMessage) -> Result<()> {
+    ws.send(Message::text(serde_json::to_string(msg)?)).await?;
+    Ok(())
+}
+
+/// The next relay message (pings skipped); errors on close or timeout.
+pub async fn recv(ws: &mut Ws) -> Result<ServerMessage> {
+    loop {
+        let m = tokio::time::timeout(STEP, ws.next())
+            .await
+            .context("no message within 5 s")?
+            .context("stream ended")??;
+        match m {
+            Message::Text(t) => return Ok(serde_json::from_str(&t)?),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => bail!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// A host candidate numbered `n` (distinct per `n`, so routing tests can tell them apart).
+pub fn cand(n: u16) -> IceCandidate {
+    IceCandidate {
+        candidate: format!(
+            "candidate:{n} 1 udp 2122260223 127.0.0.1 {} typ host",
+            40000 + n
+        ),
+        sdp_mid: Some("0".into()),
+        sdp_mline_index: Some(0),
+        username_fragment: None,
+    }
+}
