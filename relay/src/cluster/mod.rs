@@ -268,16 +268,30 @@ impl Driver {
         let max_age = Duration::from_secs(self.config.directory_refresh_secs.max(1) * 3);
         let store = match js.get_key_value(DIRECTORY_BUCKET).await {
             Ok(s) => s,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: DIRECTORY_BUCKET.into(),
-                    history: 1,
+            Err(_) => {
+                // The bucket's stream, made by hand: `create_key_value` first reads the
+                // account info, whose reply from nats-server 2.9 (Debian's) async-nats cannot
+                // parse (it requires `reserved_memory`). Same layout as a KV bucket.
+                js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: format!("KV_{DIRECTORY_BUCKET}"),
+                    subjects: vec![format!("$KV.{DIRECTORY_BUCKET}.>")],
+                    max_messages_per_subject: 1,
                     max_age,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: async_nats::jetstream::stream::DiscardPolicy::New,
+                    num_replicas: 1,
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| tracing::warn!(error = %e, "cluster: create directory bucket"))
-                .ok()?,
+                .ok()?;
+                js.get_key_value(DIRECTORY_BUCKET)
+                    .await
+                    .map_err(|e| tracing::warn!(error = %e, "cluster: open directory bucket"))
+                    .ok()?
+            }
         };
         *self.directory.write().await = Some(store.clone());
         Some(store)
