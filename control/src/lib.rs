@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod presence;
 pub mod qr;
 pub mod routes;
 
@@ -125,6 +126,10 @@ async fn sweep_expired_pending(app: Arc<App>) {
                 .bind(cutoff)
                 .execute(&app.db.pool)
                 .await;
+        let now_ms = u64::try_from(routes::now_secs()).unwrap_or(0) * 1000;
+        if let Err(e) = presence::prune(&app.db, now_ms).await {
+            tracing::warn!(error = %e, "pruning old node leases and revocations failed");
+        }
         match swept {
             Ok(done) if done.rows_affected() > 0 => {
                 tracing::info!(

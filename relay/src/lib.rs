@@ -77,6 +77,7 @@ impl Relay {
             listeners.signaling,
             turn_port,
             link,
+            config.cluster.node_id.clone(),
         );
         // With `[cluster] nats_url` set, the NATS driver runs beside the WebSocket driver.
         let clustered = queue.is_some();

@@ -83,14 +83,42 @@ pub struct ErrorDetail {
 }
 
 /// `POST /api/internal/presence`: the relay tells the control plane which cameras came
-/// online or went offline. The body is signed: header [`PRESENCE_SIGNATURE_HEADER`] carries
-/// [`crate::ticket::TicketKey::sign_internal`] of the exact body bytes, and `sent_at` must be
-/// within a minute of the control plane's clock (replay window).
+/// online or went offline, and renews its node lease. The body is signed: header
+/// [`PRESENCE_SIGNATURE_HEADER`] carries [`crate::ticket::TicketKey::sign_internal`] of the
+/// exact body bytes, and `sent_at` must be within a minute of the control plane's clock (replay
+/// window).
+///
+/// Only changes are reported (at most a bounded number of events per report; more follow in
+/// further reports). Every report, an empty one included (the heartbeat), renews the lease of
+/// `(node_id, epoch)` for `lease_ms`. A camera reported online counts as online only while the
+/// lease of the node and epoch that reported it is alive, so a node that dies or restarts (new
+/// epoch) takes its cameras offline without a write per camera.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceReport {
     /// Unix seconds when the relay sent the report.
     pub sent_at: u64,
+    /// The reporting relay node (unique in the fleet).
+    #[serde(default)]
+    pub node_id: String,
+    /// The node's incarnation: unix milliseconds when the process started. Grows on restart.
+    #[serde(default)]
+    pub epoch: u64,
+    /// How long this report keeps the node's lease alive, milliseconds (the control plane
+    /// clamps it).
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// The node is shutting down cleanly: its lease ends now.
+    #[serde(default)]
+    pub leaving: bool,
+    /// The `cursor_ms` of the last [`PresenceAck`] this node got (0: none yet): the ack lists
+    /// devices revoked since then.
+    #[serde(default)]
+    pub revoked_since_ms: u64,
     pub events: Vec<PresenceEvent>,
+}
+
+fn default_lease_ms() -> u64 {
+    15_000
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,13 +127,26 @@ pub struct PresenceEvent {
     pub online: bool,
     /// Unix milliseconds when the relay saw the change.
     pub at_ms: u64,
+    /// The camera's connection on the reporting node (increasing within a node's epoch). An
+    /// `offline` applies only to that connection or an older one of the same node and epoch, so
+    /// a camera that moved to another node stays online whatever order the reports arrive in.
+    #[serde(default)]
+    pub conn: u64,
 }
 
-/// The control plane's answer to a presence report: devices it does not know (deleted),
-/// whose connections the relay should close.
+/// The control plane's answer to a presence report: devices whose connections the relay
+/// should close.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceAck {
+    /// Reported online but unknown (deleted before the camera connected).
     pub unknown_devices: Vec<Uuid>,
+    /// Deleted or revoked since the report's `revoked_since_ms`.
+    #[serde(default)]
+    pub revoked_devices: Vec<Uuid>,
+    /// The control plane's clock (unix ms) when it answered: the next report's
+    /// `revoked_since_ms`.
+    #[serde(default)]
+    pub cursor_ms: u64,
 }
 
 /// Header carrying the signature of an internal (relay -> control) request body.

@@ -550,16 +550,23 @@ async fn full_flow(db: Db) -> Result<()> {
     let unknown = Uuid::new_v4();
     let report = PresenceReport {
         sent_at: shared::ticket::unix_now(),
+        node_id: "node-1".into(),
+        epoch: 1,
+        lease_ms: 60_000,
+        leaving: false,
+        revoked_since_ms: 0,
         events: vec![
             shared::api::PresenceEvent {
                 device_id,
                 online: true,
                 at_ms: now * 1000,
+                conn: 5,
             },
             shared::api::PresenceEvent {
                 device_id: unknown,
                 online: true,
                 at_ms: now * 1000,
+                conn: 6,
             },
         ],
     };
@@ -596,6 +603,7 @@ async fn full_flow(db: Db) -> Result<()> {
     let stale = PresenceReport {
         sent_at: shared::ticket::unix_now() - 120,
         events: vec![],
+        ..report.clone()
     };
     let stale_body = serde_json::to_vec(&stale)?;
     let res = presence(stale_body.clone(), key.sign_internal(&stale_body)).await?;
@@ -604,14 +612,16 @@ async fn full_flow(db: Db) -> Result<()> {
         "stale report {}",
         res.status()
     );
-    // An older event arriving late does not override the newer one.
+    // An older connection's offline arriving late does not override the newer online.
     let late = PresenceReport {
         sent_at: shared::ticket::unix_now(),
         events: vec![shared::api::PresenceEvent {
             device_id,
             online: false,
             at_ms: now * 1000 - 5000,
+            conn: 3,
         }],
+        ..report.clone()
     };
     let late_body = serde_json::to_vec(&late)?;
     presence(late_body.clone(), key.sign_internal(&late_body)).await?;

@@ -170,7 +170,6 @@ async fn start_relay(control_url: &str, extra: &[(&str, &str)]) -> Result<Runnin
         ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
         ("VC_SIGNALING__CONTROL_URL", control_url),
         ("VC_SIGNALING__AUTH_TIMEOUT_SECS", "1"),
-        ("VC_SIGNALING__PRESENCE_RESYNC_SECS", "1"),
         ("VC_TURN__LISTEN", "127.0.0.1:0"),
         ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
         ("RUST_LOG", "warn"),
@@ -659,7 +658,7 @@ async fn signaling_end_to_end() -> Result<()> {
         ensure!(metrics.contains(name), "metrics lack {name}");
     }
 
-    // A deleted device's open connection is closed (presence resync learns it is unknown).
+    // A deleted device's open connection is closed within 2 s (the next presence ack names it).
     let ct3 = control.camera_ticket(dev, &dev_secret).await?;
     let mut cam3 = ws_connect(&format!("{ws_base}?token={}", ct3.signaling.token)).await?;
     welcome(&mut cam3).await?;

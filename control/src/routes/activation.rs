@@ -300,12 +300,17 @@ pub async fn check_status(
 }
 
 async fn read_status(ctx: &Ctx, token_hash: &str, user: Uuid) -> Result<CheckStatus, ApiError> {
-    let row = sqlx::query("SELECT id, status FROM devices WHERE token_hash = $1 AND owner_id = $2")
-        .bind(token_hash)
-        .bind(user.to_string())
-        .fetch_optional(&ctx.db.pool)
-        .await?
-        .ok_or_else(unknown_token)?;
+    let row = sqlx::query(&format!(
+        "SELECT d.id, {} FROM {} WHERE d.token_hash = $1 AND d.owner_id = $2",
+        crate::presence::derived_columns("$3"),
+        crate::presence::DEVICES_WITH_LEASES
+    ))
+    .bind(token_hash)
+    .bind(user.to_string())
+    .bind(super::now_secs().saturating_mul(1000))
+    .fetch_optional(&ctx.db.pool)
+    .await?
+    .ok_or_else(unknown_token)?;
     let id: String = row.try_get("id")?;
     let status: String = row.try_get("status")?;
     Ok(CheckStatus {

@@ -15,8 +15,19 @@ use warp::{Filter, Reply};
 use super::{authorization, instrument, json_response, respond, rfc3339, with_ctx, Ctx};
 use crate::error::ApiError;
 
-const COLUMNS: &str = "id, device_name, camera_model, status, device_uid, local_ip, \
-                       created_at, activated_at, last_seen";
+/// The selected columns, status and last_seen derived as of bound parameter `now_param`
+/// (unix ms; [`crate::presence::derived_columns`]), from [`crate::presence::DEVICES_WITH_LEASES`].
+fn columns(now_param: &str) -> String {
+    format!(
+        "d.id, d.device_name, d.camera_model, d.device_uid, d.local_ip, d.created_at, \
+         d.activated_at, {}",
+        crate::presence::derived_columns(now_param)
+    )
+}
+
+fn now_ms() -> i64 {
+    super::now_secs().saturating_mul(1000)
+}
 
 /// A camera as its owner sees it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -88,9 +99,12 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
 pub async fn list(ctx: Ctx, auth: Option<String>) -> Result<Response, ApiError> {
     let user = ctx.jwt.user_from_header(auth.as_deref())?;
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM devices WHERE owner_id = $1 ORDER BY created_at DESC, id"
+        "SELECT {} FROM {} WHERE d.owner_id = $1 ORDER BY d.created_at DESC, d.id",
+        columns("$2"),
+        crate::presence::DEVICES_WITH_LEASES
     ))
     .bind(user.to_string())
+    .bind(now_ms())
     .fetch_all(&ctx.db.pool)
     .await?;
     let devices = rows
@@ -112,17 +126,21 @@ pub async fn get(ctx: Ctx, auth: Option<String>, id: String) -> Result<Response,
     let user = ctx.jwt.user_from_header(auth.as_deref())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("device"))?;
     let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM devices WHERE id = $1 AND owner_id = $2"
+        "SELECT {} FROM {} WHERE d.id = $1 AND d.owner_id = $2",
+        columns("$3"),
+        crate::presence::DEVICES_WITH_LEASES
     ))
     .bind(id.to_string())
     .bind(user.to_string())
+    .bind(now_ms())
     .fetch_optional(&ctx.db.pool)
     .await?
     .ok_or(ApiError::NotFound("device"))?;
     Ok(json_response(StatusCode::OK, &Device::from_row(&row)?))
 }
 
-/// Deletes one of the caller's cameras; its device secret stops working at once.
+/// Deletes one of the caller's cameras; its device secret stops working at once and its relay
+/// connection is closed within about a second.
 #[utoipa::path(delete, path = "/api/camera/devices/{id}", tag = "devices", security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "Device id")),
     responses(
@@ -133,13 +151,17 @@ pub async fn get(ctx: Ctx, auth: Option<String>, id: String) -> Result<Response,
 pub async fn delete(ctx: Ctx, auth: Option<String>, id: String) -> Result<Response, ApiError> {
     let user = ctx.jwt.user_from_header(auth.as_deref())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("device"))?;
+    let mut tx = ctx.db.begin_write().await?;
     let done = sqlx::query("DELETE FROM devices WHERE id = $1 AND owner_id = $2")
         .bind(id.to_string())
         .bind(user.to_string())
-        .execute(&ctx.db.pool)
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::NotFound("device"));
     }
+    // Its relay connection is closed when the camera's node next reports (about a second).
+    crate::presence::revoke(&mut tx, id, u64::try_from(now_ms()).unwrap_or(0)).await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -99,6 +99,16 @@ pub struct SignalingTicketDoc {
 pub struct PresenceReportDoc {
     /// Unix seconds.
     pub sent_at: u64,
+    /// The reporting relay node.
+    pub node_id: String,
+    /// The node's incarnation (unix ms at its start); a larger epoch replaces the lease.
+    pub epoch: u64,
+    /// How long this report keeps the node's lease alive, ms (clamped to 1 s..120 s).
+    pub lease_ms: u64,
+    /// The node is shutting down: its lease ends now, its cameras are offline.
+    pub leaving: bool,
+    /// The last ack's `cursor_ms` (0: none yet).
+    pub revoked_since_ms: u64,
     pub events: Vec<PresenceEventDoc>,
 }
 
@@ -110,13 +120,21 @@ pub struct PresenceEventDoc {
     pub online: bool,
     /// Unix milliseconds.
     pub at_ms: u64,
+    /// The camera's connection on the reporting node; `offline` applies only to it or an
+    /// older connection of the same node and epoch.
+    pub conn: u64,
 }
 
 /// `shared::api::PresenceAck`.
 #[derive(ToSchema)]
 #[schema(as = PresenceAck)]
 pub struct PresenceAckDoc {
+    /// Reported online but unknown (deleted): close them.
     pub unknown_devices: Vec<Uuid>,
+    /// Deleted or revoked since the report's `revoked_since_ms`: close them.
+    pub revoked_devices: Vec<Uuid>,
+    /// Our clock, unix ms: the next report's `revoked_since_ms`.
+    pub cursor_ms: u64,
 }
 
 struct BearerAuth;
@@ -298,12 +316,18 @@ mod tests {
             device_id: id,
             online: true,
             at_ms: 1,
+            conn: 1,
         };
         assert_eq!(props(&doc, "PresenceEvent"), keys(&event));
         assert_eq!(
             props(&doc, "PresenceReport"),
             keys(&shared::api::PresenceReport {
                 sent_at: 1,
+                node_id: "n".into(),
+                epoch: 1,
+                lease_ms: 1,
+                leaving: false,
+                revoked_since_ms: 0,
                 events: vec![event]
             })
         );

@@ -96,9 +96,15 @@ pub async fn healthz(ctx: Ctx) -> Result<Response, ApiError> {
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(ctx: Ctx) -> Result<Response, ApiError> {
-    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM devices GROUP BY status")
-        .fetch_all(&ctx.db.pool)
-        .await?;
+    // Derived status (node leases), as the device list shows it.
+    let rows = sqlx::query(&format!(
+        "SELECT status, COUNT(*) AS n FROM (SELECT {} FROM {}) s GROUP BY status",
+        crate::presence::derived_columns("$1"),
+        crate::presence::DEVICES_WITH_LEASES
+    ))
+    .bind(super::now_secs().saturating_mul(1000))
+    .fetch_all(&ctx.db.pool)
+    .await?;
     for status in ["pending", "offline", "online"] {
         let n = rows
             .iter()

@@ -2,9 +2,10 @@
 //! authenticated by `x-vc-signature` = HMAC-SHA256 with the ticket secret
 //! ([`shared::ticket::TicketKey::sign_internal`]), and `sent_at` must lie within
 //! `presence_max_skew_secs` of our clock so a captured report cannot be replayed later.
+//! What a report means is in [`crate::presence`].
 
 use bytes::Bytes;
-use shared::api::{PresenceAck, PresenceReport, PRESENCE_SIGNATURE_HEADER};
+use shared::api::{PresenceReport, PRESENCE_SIGNATURE_HEADER};
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -37,6 +38,8 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         (status = 200, description = "Applied", body = super::docs::PresenceAckDoc),
         (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
         (status = 401, description = "`bad_signature`, or `stale_report` (sent_at outside the replay window)", body = super::docs::ErrorBodyDoc),
+        (status = 409, description = "`stale_epoch`: a newer process of this node holds its lease; nothing applied", body = super::docs::ErrorBodyDoc),
+        (status = 422, description = "`bad_node_id`", body = super::docs::ErrorBodyDoc),
     ))]
 pub async fn presence(
     ctx: Ctx,
@@ -58,40 +61,11 @@ pub async fn presence(
         ));
     }
 
-    let mut unknown = Vec::new();
-    let mut tx = ctx.db.begin_write().await?;
-    for event in &report.events {
-        let at_ms = i64::try_from(event.at_ms).unwrap_or(i64::MAX);
-        let status = if event.online { "online" } else { "offline" };
-        // Reports can arrive out of order: an older event never overwrites a newer one.
-        let done = sqlx::query(
-            "UPDATE devices SET status = $1, last_seen = $2, presence_at_ms = $3 \
-             WHERE id = $4 AND status <> 'pending' \
-             AND (presence_at_ms IS NULL OR presence_at_ms <= $3)",
-        )
-        .bind(status)
-        .bind(at_ms / 1000)
-        .bind(at_ms)
-        .bind(event.device_id.to_string())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            let exists = sqlx::query("SELECT 1 FROM devices WHERE id = $1 AND status <> 'pending'")
-                .bind(event.device_id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if !exists && !unknown.contains(&event.device_id) {
-                unknown.push(event.device_id);
-            }
-        }
-    }
-    tx.commit().await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let ack = crate::presence::apply_report(&ctx.db, &report, now_ms).await?;
     metrics::counter!("presence_events_total").increment(report.events.len() as u64);
-    Ok(json_response(
-        StatusCode::OK,
-        &PresenceAck {
-            unknown_devices: unknown,
-        },
-    ))
+    Ok(json_response(StatusCode::OK, &ack))
 }

@@ -19,6 +19,8 @@ pub struct SignalingMetrics {
     pub unauthorized_upgrades: Counter,
     pub presence_reports: Counter,
     pub presence_failures: Counter,
+    pub presence_events_dropped: Counter,
+    pub presence_pending: Gauge,
 }
 
 const CODES: [ErrorCode; 9] = [
@@ -53,6 +55,8 @@ impl SignalingMetrics {
             unauthorized_upgrades: counter!("vc_relay_signaling_unauthorized_upgrades_total"),
             presence_reports: counter!("vc_relay_signaling_presence_reports_total"),
             presence_failures: counter!("vc_relay_signaling_presence_failures_total"),
+            presence_events_dropped: counter!("vc_relay_signaling_presence_events_dropped_total"),
+            presence_pending: gauge!("vc_relay_signaling_presence_pending_events"),
         }
     }
 

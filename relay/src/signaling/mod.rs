@@ -31,9 +31,15 @@ pub struct SignalingConfig {
     pub control_url: String,
     /// Most presence events are sent within this many milliseconds of the change.
     pub presence_batch_ms: u64,
-    /// Every this many seconds the relay re-reports all connected cameras as online: refreshes
-    /// `last_seen`, heals a control plane that restarted, and learns of deleted devices.
-    pub presence_resync_secs: u64,
+    /// With no change to report for this long, an empty report renews the node's lease and
+    /// learns of deleted devices (whose connections it closes), milliseconds.
+    pub presence_heartbeat_ms: u64,
+    /// How long one report keeps the node's cameras online in vc-control, seconds: a node that
+    /// dies takes its cameras offline after at most this (keep it a few heartbeats long).
+    pub presence_lease_secs: u64,
+    /// Events per presence report at most (a report must fit vc-control's `max_body_bytes`:
+    /// ~120 bytes an event).
+    pub presence_max_events: usize,
     /// Maximum simultaneous WebSocket connections (further upgrades get HTTP 503).
     pub max_connections: usize,
     /// Concurrent viewer sessions one camera serves.
@@ -67,7 +73,9 @@ impl Default for SignalingConfig {
             ice_credential_ttl_secs: 3600,
             control_url: "http://127.0.0.1:8000".into(),
             presence_batch_ms: 50,
-            presence_resync_secs: 30,
+            presence_heartbeat_ms: 1000,
+            presence_lease_secs: 15,
+            presence_max_events: 200,
             max_connections: 100_000,
             max_sessions_per_camera: 8,
             max_sessions_per_viewer: 16,

@@ -124,11 +124,13 @@ pub enum Delivery {
     Connect { viewer: ConnId, device: Uuid },
     /// Close connection `conn`.
     Close { conn: ConnId, reason: CloseReason },
-    /// A camera came online or went offline at `at_ms` (unix milliseconds).
+    /// A camera came online or went offline at `at_ms` (unix milliseconds), on connection
+    /// `conn` (which orders a device's events: see `shared::api::PresenceEvent::conn`).
     Presence {
         device_id: Uuid,
         online: bool,
         at_ms: u64,
+        conn: ConnId,
     },
 }
 
@@ -364,6 +366,7 @@ impl Router {
                     device_id: device,
                     online: true,
                     at_ms: now_ms,
+                    conn: conn.id,
                 });
             }
         }
@@ -400,6 +403,7 @@ impl Router {
                         device_id: device,
                         online: false,
                         at_ms: now_ms,
+                        conn: conn.id,
                     });
                 }
             }
@@ -894,7 +898,8 @@ mod tests {
             vec![Delivery::Presence {
                 device_id: dev,
                 online: true,
-                at_ms: NOW * 1000
+                at_ms: NOW * 1000,
+                conn: cam.id,
             }]
         );
         assert_eq!(f.router.cameras(), 1);
@@ -906,7 +911,8 @@ mod tests {
             vec![Delivery::Presence {
                 device_id: dev,
                 online: false,
-                at_ms: NOW * 1000 + 5
+                at_ms: NOW * 1000 + 5,
+                conn: cam.id,
             }]
         );
         assert_eq!(f.router.cameras(), 0);
@@ -1214,7 +1220,8 @@ mod tests {
         assert!(out.contains(&Delivery::Presence {
             device_id: dev,
             online: true,
-            at_ms: NOW * 1000
+            at_ms: NOW * 1000,
+            conn: new.id,
         }));
         assert_eq!(f.router.sessions(), 0);
         assert_eq!(f.router.cameras(), 1);

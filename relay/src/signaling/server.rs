@@ -87,6 +87,10 @@ pub struct Signaling {
     turn_port: Option<u16>,
     next_id: AtomicU64,
     limit: Arc<Semaphore>,
+    /// This node's name in presence reports and the cluster (`[cluster] node_id`).
+    pub(crate) node_id: String,
+    /// This process's incarnation in presence reports: unix ms at start.
+    pub(crate) epoch_ms: u64,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -133,7 +137,8 @@ impl Signaling {
         listener: TcpListener,
         turn_port: Option<u16>,
     ) -> SignalingHandle {
-        Self::start_clustered(config, key, listener, turn_port, None)
+        let node_id = crate::cluster::ClusterConfig::default().node_id;
+        Self::start_clustered(config, key, listener, turn_port, None, node_id)
     }
 
     /// [`Self::start`] as one node of a cluster: `cluster` links the router to the NATS driver,
@@ -144,6 +149,7 @@ impl Signaling {
         listener: TcpListener,
         turn_port: Option<u16>,
         cluster: Option<crate::cluster::ClusterLink>,
+        node_id: String,
     ) -> SignalingHandle {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (presence_tx, presence_rx) = if config.control_url.is_empty() {
@@ -176,6 +182,8 @@ impl Signaling {
             turn_port,
             next_id: AtomicU64::new(1),
             limit: Arc::new(Semaphore::new(config.max_connections)),
+            node_id,
+            epoch_ms: super::presence::wall_ms(),
             shutdown: shutdown_rx,
             config,
         });
@@ -235,12 +243,14 @@ impl Signaling {
                     device_id,
                     online,
                     at_ms,
+                    conn,
                 } => {
                     if let Some(link) = &self.cluster {
                         link.push(Delivery::Presence {
                             device_id,
                             online,
                             at_ms,
+                            conn,
                         });
                     }
                     if let Some(tx) = &self.presence {
@@ -248,6 +258,7 @@ impl Signaling {
                             device_id,
                             online,
                             at_ms,
+                            conn,
                         });
                     }
                 }
