@@ -126,7 +126,7 @@ async fn sweep_expired_pending(app: Arc<App>) {
                 .bind(cutoff)
                 .execute(&app.db.pool)
                 .await;
-        let now_ms = u64::try_from(routes::now_secs()).unwrap_or(0) * 1000;
+        let now_ms = u64::try_from(routes::now_ms()).unwrap_or(0);
         if let Err(e) = presence::prune(&app.db, now_ms).await {
             tracing::warn!(error = %e, "pruning old node leases and revocations failed");
         }

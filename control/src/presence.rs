@@ -90,20 +90,20 @@ pub async fn apply_report(
     let expires = now.saturating_add(lease);
     let mut tx = db.begin_write().await?;
     // A newer epoch takes the lease over; an older one (a late retry from a previous process)
-    // changes nothing; the same one renews it once it is a quarter used.
+    // changes nothing; the same one renews it once a quarter of it is used up (or it lapsed).
     sqlx::query(
         "INSERT INTO node_leases (node_id, epoch, renewed_at_ms, expires_at_ms) \
          VALUES ($1, $2, $3, $4) \
          ON CONFLICT (node_id) DO UPDATE SET epoch = excluded.epoch, \
              renewed_at_ms = excluded.renewed_at_ms, expires_at_ms = excluded.expires_at_ms \
          WHERE node_leases.epoch < excluded.epoch \
-             OR (node_leases.epoch = excluded.epoch AND node_leases.renewed_at_ms <= $5)",
+             OR (node_leases.epoch = excluded.epoch AND node_leases.expires_at_ms <= $5)",
     )
     .bind(node)
     .bind(epoch)
     .bind(now)
     .bind(expires)
-    .bind(now.saturating_sub(lease / LEASE_RENEW_FRACTION))
+    .bind(expires.saturating_sub(lease / LEASE_RENEW_FRACTION))
     .execute(&mut *tx)
     .await?;
     let current: i64 = sqlx::query_scalar("SELECT epoch FROM node_leases WHERE node_id = $1")

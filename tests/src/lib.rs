@@ -7,6 +7,7 @@
 //! `cargo build --workspace --bins` must have run first (README's test command does).
 
 pub mod signaling_client;
+pub mod stack;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -307,7 +307,7 @@ async fn read_status(ctx: &Ctx, token_hash: &str, user: Uuid) -> Result<CheckSta
     ))
     .bind(token_hash)
     .bind(user.to_string())
-    .bind(super::now_secs().saturating_mul(1000))
+    .bind(super::now_ms())
     .fetch_optional(&ctx.db.pool)
     .await?
     .ok_or_else(unknown_token)?;

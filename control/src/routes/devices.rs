@@ -25,9 +25,6 @@ fn columns(now_param: &str) -> String {
     )
 }
 
-fn now_ms() -> i64 {
-    super::now_secs().saturating_mul(1000)
-}
 
 /// A camera as its owner sees it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -104,7 +101,7 @@ pub async fn list(ctx: Ctx, auth: Option<String>) -> Result<Response, ApiError> 
         crate::presence::DEVICES_WITH_LEASES
     ))
     .bind(user.to_string())
-    .bind(now_ms())
+    .bind(super::now_ms())
     .fetch_all(&ctx.db.pool)
     .await?;
     let devices = rows
@@ -132,7 +129,7 @@ pub async fn get(ctx: Ctx, auth: Option<String>, id: String) -> Result<Response,
     ))
     .bind(id.to_string())
     .bind(user.to_string())
-    .bind(now_ms())
+    .bind(super::now_ms())
     .fetch_optional(&ctx.db.pool)
     .await?
     .ok_or(ApiError::NotFound("device"))?;
@@ -161,7 +158,7 @@ pub async fn delete(ctx: Ctx, auth: Option<String>, id: String) -> Result<Respon
         return Err(ApiError::NotFound("device"));
     }
     // Its relay connection is closed when the camera's node next reports (about a second).
-    crate::presence::revoke(&mut tx, id, u64::try_from(now_ms()).unwrap_or(0)).await?;
+    crate::presence::revoke(&mut tx, id, u64::try_from(super::now_ms()).unwrap_or(0)).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -102,7 +102,7 @@ pub async fn metrics(ctx: Ctx) -> Result<Response, ApiError> {
         crate::presence::derived_columns("$1"),
         crate::presence::DEVICES_WITH_LEASES
     ))
-    .bind(super::now_secs().saturating_mul(1000))
+    .bind(super::now_ms())
     .fetch_all(&ctx.db.pool)
     .await?;
     for status in ["pending", "offline", "online"] {

@@ -201,6 +201,14 @@ pub fn now_secs() -> i64 {
     shared::ticket::unix_now() as i64
 }
 
+/// Current unix time in milliseconds (presence events and node leases).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

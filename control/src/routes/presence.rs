@@ -61,10 +61,7 @@ pub async fn presence(
         ));
     }
 
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now_ms = u64::try_from(super::now_ms()).unwrap_or(0);
     let ack = crate::presence::apply_report(&ctx.db, &report, now_ms).await?;
     metrics::counter!("presence_events_total").increment(report.events.len() as u64);
     Ok(json_response(StatusCode::OK, &ack))

@@ -1,0 +1,470 @@
+//! Presence at fleet scale (issue 9): node leases, change-only reports and their ordering.
+//!
+//! * `report_ordering_and_leases_*`: signed reports straight to vc-control (SQLite and
+//!   Postgres): a camera that moved nodes stays online whatever order the reports arrive in,
+//!   a lapsed or released lease takes a node's cameras offline, a restarted node's old epoch is
+//!   refused, a deleted device is named in the next ack.
+//! * `thousands_of_cameras_stay_right`: a real vc-control (Postgres) and vc-relay, 3,000 camera
+//!   WebSockets from one load client held for longer than every periodic timer in the path
+//!   (heartbeat, lease, ping, idle), a third closed cleanly, then the relay killed.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::Value;
+use shared::api::{PresenceAck, PresenceEvent, PresenceReport};
+use shared::ticket::{unix_now, Role, TicketKey};
+use shared::Secret;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+use vc_tests::stack::{metric, start_relay, Control, Db};
+
+const SECRET: &str = "presence-test-ticket-secret";
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Posts a signed presence report; returns the status and the parsed body.
+async fn report(c: &Control, r: &PresenceReport) -> Result<(StatusCode, Value)> {
+    let body = serde_json::to_vec(r)?;
+    let sig = TicketKey::new(&Secret::new(SECRET)).sign_internal(&body);
+    let res = c
+        .http
+        .post(format!("{}/api/internal/presence", c.base))
+        .header("x-vc-signature", sig)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = res.status();
+    let v: Value = res.json().await.unwrap_or(Value::Null);
+    Ok((status, v))
+}
+
+fn rep(node: &str, epoch: u64, lease_ms: u64, events: Vec<PresenceEvent>) -> PresenceReport {
+    PresenceReport {
+        sent_at: unix_now(),
+        node_id: node.into(),
+        epoch,
+        lease_ms,
+        leaving: false,
+        revoked_since_ms: 0,
+        events,
+    }
+}
+
+fn ev(device: Uuid, online: bool, at_ms: u64, conn: u64) -> PresenceEvent {
+    PresenceEvent {
+        device_id: device,
+        online,
+        at_ms,
+        conn,
+    }
+}
+
+async fn status(c: &Control, jwt: &str, dev: Uuid) -> Result<String> {
+    Ok(c.listed(jwt, dev).await?["status"]
+        .as_str()
+        .context("status")?
+        .to_owned())
+}
+
+async fn report_ordering_and_leases(db: Db) -> Result<()> {
+    let c = Control::start(db, SECRET, &[]).await?;
+    let jwt = c.user("owner@example.com").await?;
+    let (dev, _) = c.camera(&jwt, "CAM-MOVER").await?;
+    let (dev2, _) = c.camera(&jwt, "CAM-OTHER").await?;
+    let t = now_ms();
+
+    // The camera moves from node A to node B; A notices its old connection dropped only after
+    // B's online is in. It must end online.
+    let (s, v) = report(&c, &rep("node-a", 1, 60_000, vec![ev(dev, true, t, 7)])).await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    ensure!(status(&c, &jwt, dev).await? == "online");
+    report(
+        &c,
+        &rep("node-b", 1, 60_000, vec![ev(dev, true, t + 500, 3)]),
+    )
+    .await?;
+    let (s, _) = report(
+        &c,
+        &rep("node-a", 1, 60_000, vec![ev(dev, false, t + 900, 7)]),
+    )
+    .await?;
+    ensure!(s == StatusCode::OK);
+    ensure!(
+        status(&c, &jwt, dev).await? == "online",
+        "A's late offline overrode B's online"
+    );
+    // A late online from A's older connection changes nothing either.
+    report(
+        &c,
+        &rep("node-a", 1, 60_000, vec![ev(dev, true, t + 100, 7)]),
+    )
+    .await?;
+    // B's own offline does apply.
+    report(
+        &c,
+        &rep("node-b", 1, 60_000, vec![ev(dev, false, t + 1000, 3)]),
+    )
+    .await?;
+    ensure!(status(&c, &jwt, dev).await? == "offline");
+
+    // Same node, connections coalesced in one report: the latest connection's offline applies
+    // to the older connection that is stored.
+    report(
+        &c,
+        &rep("node-b", 1, 60_000, vec![ev(dev, true, t + 1100, 4)]),
+    )
+    .await?;
+    report(
+        &c,
+        &rep("node-b", 1, 60_000, vec![ev(dev, false, t + 1200, 9)]),
+    )
+    .await?;
+    ensure!(status(&c, &jwt, dev).await? == "offline");
+
+    // A lease that lapses takes the node's cameras offline without any report; last_seen is
+    // when the lease was last renewed.
+    report(
+        &c,
+        &rep("node-c", 1, 1_000, vec![ev(dev2, true, now_ms(), 1)]),
+    )
+    .await?;
+    ensure!(status(&c, &jwt, dev2).await? == "online");
+    let lapsed = Instant::now();
+    loop {
+        if status(&c, &jwt, dev2).await? == "offline" {
+            break;
+        }
+        ensure!(
+            lapsed.elapsed() < Duration::from_secs(4),
+            "lease did not lapse"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(c.listed(&jwt, dev2).await?["last_seen"].is_string());
+    // A heartbeat of the same epoch brings them back (the node was only unreachable).
+    report(&c, &rep("node-c", 1, 60_000, vec![])).await?;
+    ensure!(status(&c, &jwt, dev2).await? == "online");
+
+    // The node restarts (epoch 2): its old cameras are offline until they report again, and
+    // a late report of epoch 1 is refused without effect.
+    report(&c, &rep("node-c", 2, 60_000, vec![])).await?;
+    ensure!(status(&c, &jwt, dev2).await? == "offline");
+    let (s, v) = report(
+        &c,
+        &rep("node-c", 1, 60_000, vec![ev(dev2, true, now_ms(), 5)]),
+    )
+    .await?;
+    ensure!(
+        s == StatusCode::CONFLICT && v["error"]["code"] == "stale_epoch",
+        "{s} {v}"
+    );
+    ensure!(status(&c, &jwt, dev2).await? == "offline");
+    report(
+        &c,
+        &rep("node-c", 2, 60_000, vec![ev(dev2, true, now_ms(), 1)]),
+    )
+    .await?;
+    ensure!(status(&c, &jwt, dev2).await? == "online");
+
+    // A clean shutdown releases the lease: offline at once.
+    let mut leaving = rep("node-c", 2, 60_000, vec![]);
+    leaving.leaving = true;
+    report(&c, &leaving).await?;
+    ensure!(status(&c, &jwt, dev2).await? == "offline");
+
+    // A deleted device is named in the next ack of every node, from its cursor on.
+    let (s, v) = report(&c, &rep("node-d", 1, 60_000, vec![])).await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    let ack: PresenceAck = serde_json::from_value(v)?;
+    ensure!(ack.revoked_devices.is_empty(), "{ack:?}");
+    let (s, _) = c
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/camera/devices/{dev2}"),
+            Some(&jwt),
+            None,
+        )
+        .await?;
+    ensure!(s == StatusCode::NO_CONTENT);
+    let mut next = rep("node-d", 1, 60_000, vec![]);
+    next.revoked_since_ms = ack.cursor_ms;
+    let (_, v) = report(&c, &next).await?;
+    let ack: PresenceAck = serde_json::from_value(v)?;
+    ensure!(ack.revoked_devices == vec![dev2], "{ack:?}");
+
+    // Malformed node ids are refused with a clear code.
+    let (s, v) = report(&c, &rep("", 1, 60_000, vec![])).await?;
+    ensure!(
+        s == StatusCode::UNPROCESSABLE_ENTITY && v["error"]["code"] == "bad_node_id",
+        "{s} {v}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn report_ordering_and_leases_sqlite() -> Result<()> {
+    report_ordering_and_leases(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn report_ordering_and_leases_postgres() -> Result<()> {
+    report_ordering_and_leases(Db::Postgres).await
+}
+
+/// One value from Postgres at `url`, by psql.
+async fn psql(url: &str, sql: &str) -> Result<String> {
+    let out = tokio::process::Command::new("psql")
+        .arg(url)
+        .arg("-tAc")
+        .arg(sql)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// One camera connection held by the load client: it reads (so pings are answered) until told
+/// to close cleanly.
+struct HeldCamera {
+    device: Uuid,
+    close: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn hold_camera(ws_base: &str, key: &TicketKey, device: Uuid) -> Result<HeldCamera> {
+    let (token, _) = key.mint_signaling(
+        &device.to_string(),
+        Role::Camera,
+        vec![device],
+        unix_now(),
+        3600,
+    );
+    let url = format!("{ws_base}?token={token}");
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .context("connect timed out")??;
+    match tokio::time::timeout(Duration::from_secs(20), ws.next()).await? {
+        Some(Ok(Message::Text(t))) if t.contains("welcome") => {}
+        other => bail!("expected welcome, got {other:?}"),
+    }
+    let (close, mut closing) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(_)) => continue,
+                    _ => return,
+                },
+                _ = &mut closing => {
+                    let _ = ws.send(Message::Close(None)).await;
+                    // Read until the relay's close answer ends the stream.
+                    while let Ok(Some(Ok(_))) =
+                        tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+                    {}
+                    return;
+                }
+            }
+        }
+    });
+    Ok(HeldCamera {
+        device,
+        close,
+        task,
+    })
+}
+
+/// Every listed device's status, over all users.
+async fn statuses(c: &Control, jwts: &[String]) -> Result<Vec<(Uuid, String)>> {
+    let lists = futures_util::future::try_join_all(jwts.iter().map(|jwt| c.devices(jwt))).await?;
+    let mut out = Vec::new();
+    for d in lists.into_iter().flatten() {
+        let id = Uuid::parse_str(d["id"].as_str().context("id")?)?;
+        out.push((id, d["status"].as_str().context("status")?.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Waits (up to `within` plus a margin for the polling itself) until `want` says yes for
+/// every device; returns how long it took.
+async fn wait_all(
+    c: &Control,
+    jwts: &[String],
+    within: Duration,
+    want: impl Fn(Uuid, &str) -> bool,
+) -> Result<Duration> {
+    let t0 = Instant::now();
+    loop {
+        let all = statuses(c, jwts).await?;
+        let wrong: Vec<_> = all.iter().filter(|(id, s)| !want(*id, s)).collect();
+        if wrong.is_empty() {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > within {
+            bail!(
+                "after {:?}, {} devices still wrong, e.g. {:?}",
+                t0.elapsed(),
+                wrong.len(),
+                &wrong[..wrong.len().min(3)]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const USERS: usize = 30;
+const CAMERAS_PER_USER: usize = 100;
+
+#[tokio::test]
+async fn thousands_of_cameras_stay_right() -> Result<()> {
+    let c = Control::start(
+        Db::Postgres,
+        SECRET,
+        &[
+            ("VC_MAX_CAMERAS_PER_ACCOUNT", "1000"),
+            ("VC_REGISTER_RATE__MAX", "1000"),
+        ],
+    )
+    .await?;
+    // Every periodic timer in the path is short, and the hold below outlasts each of them:
+    // heartbeat 1 s, lease 3 s, ping 2 s, idle timeout 6 s.
+    let relay_env = [
+        ("VC_SIGNALING__PRESENCE_HEARTBEAT_MS", "1000"),
+        ("VC_SIGNALING__PRESENCE_LEASE_SECS", "3"),
+        ("VC_SIGNALING__PING_INTERVAL_SECS", "2"),
+        ("VC_SIGNALING__IDLE_TIMEOUT_SECS", "6"),
+        ("VC_SIGNALING__MAX_CONNECTIONS_PER_IP", "100000"),
+    ];
+    let relay = start_relay(SECRET, &c.base, &relay_env).await?;
+    let ws_base = format!("ws://{}/ws", relay.addr("signaling"));
+    let key = TicketKey::new(&Secret::new(SECRET));
+
+    // The fleet: USERS accounts with CAMERAS_PER_USER activated cameras each, through the API.
+    let t0 = Instant::now();
+    let mut jwts = Vec::new();
+    for u in 0..USERS {
+        jwts.push(c.user(&format!("fleet{u}@example.com")).await?);
+    }
+    let jobs = jwts.iter().flat_map(|jwt| {
+        (0..CAMERAS_PER_USER)
+            .map(move |i| (jwt.clone(), format!("CAM-{}-{i}", &jwt[jwt.len() - 8..])))
+    });
+    let devices: Vec<Uuid> = futures_util::stream::iter(jobs)
+        .map(|(jwt, uid)| {
+            let c = &c;
+            async move { c.camera(&jwt, &uid).await.map(|(id, _)| id) }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let n = devices.len();
+    eprintln!("{n} cameras activated in {:?}", t0.elapsed());
+
+    // All connect; all show online within 2 s of the last one connecting.
+    let t0 = Instant::now();
+    let mut held: Vec<HeldCamera> = futures_util::stream::iter(devices.iter().copied())
+        .map(|d| {
+            let (ws_base, key) = (&ws_base, &key);
+            async move { hold_camera(ws_base, key, d).await }
+        })
+        .buffer_unordered(200)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    eprintln!("{n} cameras connected in {:?}", t0.elapsed());
+    let took = wait_all(&c, &jwts, Duration::from_secs(2), |_, s| s == "online").await?;
+    eprintln!("all online {took:?} after the last connected");
+
+    // Hold for longer than every timer: nothing changes, and no device row is written.
+    let hold_from = now_ms();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    wait_all(&c, &jwts, Duration::ZERO, |_, s| s == "online").await?;
+    let written = psql(
+        &c.db_url,
+        &format!("SELECT COUNT(*) FROM devices WHERE presence_at_ms >= {hold_from}"),
+    )
+    .await?;
+    ensure!(written == "0", "{written} device rows rewritten while idle");
+    let metrics = c
+        .http
+        .get(format!("http://{}/metrics", relay.addr("admin")))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metric(&metrics, "vc_relay_signaling_connected_cameras") == Some(n as f64),
+        "relay lost cameras while idle"
+    );
+    ensure!(
+        metric(&metrics, "vc_relay_signaling_presence_failures_total").unwrap_or(0.0) == 0.0,
+        "presence reports failed"
+    );
+
+    // A third disconnect cleanly: offline within 2 s, the rest stay online.
+    let leaving: Vec<HeldCamera> = held.drain(..n / 3).collect();
+    let gone: HashSet<Uuid> = leaving.iter().map(|h| h.device).collect();
+    let t0 = Instant::now();
+    for h in leaving {
+        let _ = h.close.send(());
+        let _ = h.task.await;
+    }
+    let took = wait_all(&c, &jwts, Duration::from_secs(2), |id, s| {
+        (s == "offline") == gone.contains(&id)
+    })
+    .await?;
+    eprintln!(
+        "{} offline {took:?} after the last close ({:?} closing)",
+        gone.len(),
+        t0.elapsed()
+    );
+
+    // The relay dies (kill -9): its lease lapses and its cameras go offline (lease 3 s).
+    let mut relay = relay;
+    relay.child.kill().await?;
+    let took = wait_all(&c, &jwts, Duration::from_secs(5), |_, s| s == "offline").await?;
+    eprintln!("all offline {took:?} after the relay was killed");
+    drop(held);
+
+    // A new relay process (new epoch) on the same control: cameras that connect to it are
+    // online again.
+    let relay = start_relay(SECRET, &c.base, &relay_env).await?;
+    let ws_base = format!("ws://{}/ws", relay.addr("signaling"));
+    let back: Vec<Uuid> = devices.iter().copied().take(500).collect();
+    let _held: Vec<HeldCamera> = futures_util::stream::iter(back.iter().copied())
+        .map(|d| {
+            let (ws_base, key) = (&ws_base, &key);
+            async move { hold_camera(ws_base, key, d).await }
+        })
+        .buffer_unordered(200)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let back: HashSet<Uuid> = back.into_iter().collect();
+    wait_all(&c, &jwts, Duration::from_secs(2), |id, s| {
+        (s == "online") == back.contains(&id)
+    })
+    .await?;
+    Ok(())
+}
