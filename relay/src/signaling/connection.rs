@@ -1,14 +1,15 @@
 //! One task per WebSocket connection: authenticate (if the upgrade carried no token), send
 //! `welcome`, then loop: read -> limits -> router -> deliveries; drain the bounded outbound queue
-//! in batches; ping; enforce idle timeout and (cameras) token expiry.
+//! in batches; ping; enforce idle timeout and token expiry.
 //!
-//! **Token expiry.** A camera's connection lives until its signaling token expires. Before then
-//! the camera sends `auth {token}` with a fresh token for the same device (from
-//! `POST /api/relay/ticket`), which moves the deadline; otherwise the relay sends
-//! `error {code: unauthorized}` and closes with code 4002. So a device deleted in vc-control
+//! **Token expiry.** Every connection (camera or viewer) lives until its signaling token
+//! expires. Before then the client sends `auth {token}` with a fresh token for the same subject
+//! (from `POST /api/relay/ticket`), which moves the deadline; otherwise the relay sends
+//! `error {code: token_expired}` and closes with code 4002. So a device deleted in vc-control
 //! (which then refuses it tickets) loses its connection within one ticket TTL at most, and
-//! sooner through the presence reporter's `unknown_devices`. Viewer tokens are checked when used
-//! (upgrade, `connect`); an open viewer connection is not cut at expiry.
+//! sooner through the presence reporter's `unknown_devices`; a viewer whose access was revoked
+//! cannot open sessions past its ticket's TTL. `connect` also checks expiry itself, so no
+//! session is opened on an expired token even in the instant before the timer fires.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
-use shared::ticket::{unix_now, Role, SignalingClaims};
+use shared::ticket::{Role, SignalingClaims};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -64,11 +65,24 @@ impl TokenBucket {
     }
 }
 
+/// The connection's one wall clock, unix milliseconds (tokens expire in unix seconds).
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// True once a token expiring at `exp` (unix seconds) is no longer valid at `now_ms`
+/// (the same rule as token verification: valid while `now < exp`).
+fn expired(exp: u64, now_ms: u64) -> bool {
+    now_ms / 1000 >= exp
+}
+
+/// Time left until [`expired`] turns true; capped so an absurd expiry cannot overflow a timer.
+fn until_expiry(exp: u64, now_ms: u64) -> Duration {
+    const CAP_MS: u64 = 365 * 86_400_000;
+    Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms).min(CAP_MS))
 }
 
 fn error_msg(
@@ -80,6 +94,20 @@ fn error_msg(
         code,
         message: message.into(),
         reference,
+    }
+}
+
+/// `token_expired` for a `connect` on an expired token; None lets the router handle `msg`.
+/// (The expiry timer closes the connection, but a `connect` read in the same instant must not
+/// open a session.)
+fn refuse_expired(msg: &ClientMessage, exp: u64, now_ms: u64) -> Option<ServerMessage> {
+    match msg {
+        ClientMessage::Connect { device_id } if expired(exp, now_ms) => Some(error_msg(
+            ErrorCode::TokenExpired,
+            "token expired: send auth {token} with a fresh token, then connect again",
+            Some(device_id.to_string()),
+        )),
+        _ => None,
     }
 }
 
@@ -125,7 +153,7 @@ async fn first_message_auth(sig: &Signaling, ws: &mut Ws) -> Option<SignalingCla
         };
         let failure = match serde_json::from_str::<ClientMessage>(&text) {
             Ok(ClientMessage::Auth { token }) => {
-                match sig.router.authenticate(&token, unix_now()) {
+                match sig.router.authenticate(&token, unix_ms() / 1000) {
                     Ok(claims) => return Some(claims),
                     Err(e) => format!("invalid signaling token: {e}"),
                 }
@@ -223,12 +251,7 @@ async fn drive(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
     let mut last_ping = Instant::now();
-    let is_camera = state.role() == Role::Camera;
-    let expiry_at = |exp: u64| {
-        // Capped: an absurd expiry must not overflow the timer.
-        tokio::time::Instant::now()
-            + Duration::from_secs(exp.saturating_sub(unix_now()).min(365 * 86_400))
-    };
+    let expiry_at = |exp: u64| tokio::time::Instant::now() + until_expiry(exp, unix_ms());
     let mut expiry_secs = state.expires_at();
     let expiry = tokio::time::sleep_until(expiry_at(expiry_secs));
     let mut expiry: Pin<&mut tokio::time::Sleep> = std::pin::pin!(expiry);
@@ -292,11 +315,16 @@ async fn drive(
                     sig.send(state.id(), &e);
                     continue;
                 }
+                let now_ms = unix_ms();
                 match serde_json::from_str::<ClientMessage>(&text) {
                     Ok(m) => {
-                        sig.router.message(unix_ms(), state, m, out);
+                        if let Some(e) = refuse_expired(&m, state.expires_at(), now_ms) {
+                            sig.send(state.id(), &e);
+                            continue;
+                        }
+                        sig.router.message(now_ms, state, m, out);
                         sig.deliver(out);
-                        if is_camera && state.expires_at() != expiry_secs {
+                        if state.expires_at() != expiry_secs {
                             expiry_secs = state.expires_at();
                             expiry.as_mut().reset(expiry_at(expiry_secs));
                         }
@@ -321,10 +349,10 @@ async fn drive(
                     }
                 }
             }
-            _ = expiry.as_mut(), if is_camera => {
-                if state.expires_at() <= unix_now() {
+            _ = expiry.as_mut() => {
+                if expired(state.expires_at(), unix_ms()) {
                     let e = error_msg(
-                        ErrorCode::Unauthorized,
+                        ErrorCode::TokenExpired,
                         "token expired: send auth {token} with a fresh token before expiry",
                         Some("auth".into()),
                     );
@@ -360,6 +388,38 @@ mod tests {
             assert!(b.take(t2));
         }
         assert!(!b.take(t2));
+    }
+
+    #[test]
+    fn expiry_follows_token_validity() {
+        // A token with exp = 100 is valid through 99.999 s and expired from 100.000 s.
+        assert!(!expired(100, 99_999));
+        assert!(expired(100, 100_000));
+        assert_eq!(until_expiry(100, 99_250), Duration::from_millis(750));
+        assert_eq!(until_expiry(100, 200_000), Duration::ZERO);
+        // An absurd expiry is capped to a year instead of overflowing the timer.
+        assert_eq!(
+            until_expiry(u64::MAX, 0),
+            Duration::from_millis(365 * 86_400_000)
+        );
+    }
+
+    #[test]
+    fn connect_on_expired_token_is_refused() {
+        let device_id = Uuid::new_v4();
+        let connect = ClientMessage::Connect { device_id };
+        assert_eq!(refuse_expired(&connect, 100, 99_999), None);
+        match refuse_expired(&connect, 100, 100_000) {
+            Some(ServerMessage::Error {
+                code: ErrorCode::TokenExpired,
+                reference: Some(r),
+                ..
+            }) => assert_eq!(r, device_id.to_string()),
+            other => panic!("{other:?}"),
+        }
+        // `auth` always reaches the router: it is how a client moves its expiry.
+        let auth = ClientMessage::Auth { token: "t".into() };
+        assert_eq!(refuse_expired(&auth, 100, 100_000), None);
     }
 
     #[test]

@@ -14,14 +14,14 @@ pub struct SignalingMetrics {
     routed_answer: Counter,
     routed_candidate: Counter,
     routed_bye: Counter,
-    errors: [Counter; 9],
+    errors: [Counter; 10],
     pub slow_consumers_dropped: Counter,
     pub unauthorized_upgrades: Counter,
     pub presence_reports: Counter,
     pub presence_failures: Counter,
 }
 
-const CODES: [ErrorCode; 9] = [
+const CODES: [ErrorCode; 10] = [
     ErrorCode::CameraOffline,
     ErrorCode::Forbidden,
     ErrorCode::UnknownSession,
@@ -31,6 +31,7 @@ const CODES: [ErrorCode; 9] = [
     ErrorCode::Unauthorized,
     ErrorCode::Busy,
     ErrorCode::Unavailable,
+    ErrorCode::TokenExpired,
 ];
 
 impl SignalingMetrics {
