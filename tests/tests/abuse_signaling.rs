@@ -2,12 +2,17 @@
 //! reading, connection floods and slowloris upgrades. The real `vc-relay` binary, no control
 //! plane (tokens minted with the shared ticket secret, presence disabled).
 
-use anyhow::{ensure, Result};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
 use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
 use shared::ticket::{unix_now, Role, TicketKey};
 use shared::Secret;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use uuid::Uuid;
-use vc_tests::signaling_client::{closed, expect_error, recv, send, ws_connect, Ws};
+use vc_tests::signaling_client::{closed, expect_error, recv, send, ws_connect, Ws, STEP};
 use vc_tests::{start, Running};
 
 const SECRET: &str = "abuse-signaling-test-ticket-secret";
@@ -23,6 +28,41 @@ async fn start_relay(extra: &[(&str, &str)]) -> Result<Running> {
     ];
     env.extend_from_slice(extra);
     start("vc-relay", &[], &env).await
+}
+
+/// The relay's Prometheus text.
+async fn metrics(relay: &Running) -> Result<String> {
+    let url = format!("{}/metrics", relay.url("admin"));
+    Ok(reqwest::get(url).await?.error_for_status()?.text().await?)
+}
+
+/// The value of the sample line starting with `series` (name and labels), 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all local).
+async fn tcp_from(from: &str, to: SocketAddr) -> Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(format!("{from}:0").parse()?)?;
+    Ok(tokio::time::timeout(STEP, sock.connect(to))
+        .await
+        .context("connect")??)
+}
+
+/// Whether the relay closes `s` (EOF or reset) within `within`.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut b = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
 }
 
 fn key() -> TicketKey {
@@ -93,6 +133,128 @@ async fn viewer_connections_end_at_token_expiry_unless_refreshed() -> Result<()>
     let (code, _) = closed(&mut fresh).await?;
     ensure!(code == 4002, "refreshed viewer closed with {code}");
     ensure!(unix_now() >= now + 4, "closed before the refreshed expiry");
+    relay.terminate().await?;
+    Ok(())
+}
+
+/// `max_connections_per_ip`: upgrades in progress and open WebSockets from one address count
+/// against it, the next connection from that address is closed, other addresses are not
+/// affected, and a closed connection frees its slot.
+#[tokio::test]
+async fn connections_per_source_ip_are_capped() -> Result<()> {
+    let relay = start_relay(&[("VC_SIGNALING__MAX_CONNECTIONS_PER_IP", "3")]).await?;
+    let addr: SocketAddr = relay.addr("signaling").parse()?;
+    let (t, _) = key().mint_signaling("viewer", Role::Viewer, vec![], unix_now(), 600);
+    let url = format!("ws://{addr}/ws?token={t}");
+    // An upgrade in progress (nothing sent yet) and two WebSockets fill 127.0.0.1's three slots.
+    let pending = tcp_from("127.0.0.1", addr).await?;
+    let mut v1 = ws_connect(&url).await?;
+    let mut v2 = ws_connect(&url).await?;
+    recv(&mut v1).await?;
+    recv(&mut v2).await?;
+    let refused = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(&url)).await?;
+    ensure!(
+        refused.is_err(),
+        "a 4th connection from 127.0.0.1 was accepted"
+    );
+    // Another source still gets in.
+    let other = tcp_from("127.0.0.2", addr).await?;
+    let (mut v3, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async(&url, tokio_tungstenite::MaybeTlsStream::Plain(other)),
+    )
+    .await
+    .context("upgrade from 127.0.0.2")??;
+    ensure!(matches!(
+        recv(&mut v3).await?,
+        ServerMessage::Welcome { .. }
+    ));
+    // Closing the pending upgrade frees its slot.
+    drop(pending);
+    let deadline = Instant::now() + STEP;
+    let mut v4 = loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => break ws,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => anyhow::bail!("slot not released: {e}"),
+        }
+    };
+    ensure!(matches!(
+        recv(&mut v4).await?,
+        ServerMessage::Welcome { .. }
+    ));
+    let m = metrics(&relay).await?;
+    let rejected = sample(
+        &m,
+        "vc_relay_signaling_connections_rejected_total{reason=\"per_ip\"}",
+    );
+    ensure!(rejected >= 1.0, "per_ip rejections not counted: {rejected}");
+    relay.terminate().await?;
+    Ok(())
+}
+
+/// `handshake_timeout_ms`: a TCP connection that never sends its upgrade request, and one that
+/// trickles it a byte at a time, are both closed at the deadline (one deadline for the whole
+/// upgrade, not per read), while a normal upgrade still works.
+#[tokio::test]
+async fn slow_upgrades_are_closed_at_the_handshake_deadline() -> Result<()> {
+    let relay = start_relay(&[("VC_SIGNALING__HANDSHAKE_TIMEOUT_MS", "500")]).await?;
+    let addr: SocketAddr = relay.addr("signaling").parse()?;
+    let started = Instant::now();
+    let mut silent = tcp_from("127.0.0.1", addr).await?;
+    let mut trickle = tcp_from("127.0.0.1", addr).await?;
+    let (mut rd, mut wr) = trickle.split();
+    let request = b"GET /ws HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n";
+    let dribble = async {
+        for b in request {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut buf = [0u8; 256];
+    let cut = async {
+        tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await
+    };
+    let trickled = tokio::select! {
+        r = cut => r.is_ok(),
+        _ = dribble => false,
+    };
+    ensure!(
+        trickled,
+        "a trickled upgrade request was not cut within 3 s"
+    );
+    ensure!(
+        closed_within(&mut silent, Duration::from_secs(3)).await,
+        "a silent connection was not closed within 3 s"
+    );
+    ensure!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed before the deadline ({:?})",
+        started.elapsed()
+    );
+    let (_, dev) = camera(&format!("ws://{addr}/ws")).await?;
+    ensure!(!dev.is_nil());
+    let m = metrics(&relay).await?;
+    let timeouts = sample(
+        &m,
+        "vc_relay_signaling_connections_rejected_total{reason=\"handshake_timeout\"}",
+    );
+    ensure!(
+        timeouts >= 2.0,
+        "handshake timeouts not counted: {timeouts}"
+    );
     relay.terminate().await?;
     Ok(())
 }

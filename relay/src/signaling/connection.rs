@@ -19,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
 use shared::ticket::{Role, SignalingClaims};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -27,7 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
 use super::router::{CloseReason, ConnState, Delivery};
-use super::server::{ConnHandle, Kill, Outbound, Signaling};
+use super::server::{Admission, ConnHandle, Kill, Outbound, Signaling};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -179,7 +179,7 @@ pub(crate) async fn run(
     mut ws: Ws,
     claims: Option<SignalingClaims>,
     host: String,
-    _permit: OwnedSemaphorePermit,
+    _admission: Admission,
 ) {
     let claims = match claims {
         Some(c) => c,

@@ -17,6 +17,10 @@ pub struct SignalingMetrics {
     errors: [Counter; 10],
     pub slow_consumers_dropped: Counter,
     pub unauthorized_upgrades: Counter,
+    /// Connections refused or cut before becoming WebSockets, by reason.
+    pub rejected_per_ip: Counter,
+    pub rejected_max_connections: Counter,
+    pub rejected_handshake_timeout: Counter,
     pub presence_reports: Counter,
     pub presence_failures: Counter,
 }
@@ -39,6 +43,7 @@ impl SignalingMetrics {
     pub fn new() -> Self {
         let routed =
             |t: &'static str| counter!("vc_relay_signaling_messages_routed_total", "type" => t);
+        let rejected = |r: &'static str| counter!("vc_relay_signaling_connections_rejected_total", "reason" => r);
         Self {
             cameras: gauge!("vc_relay_signaling_connected_cameras"),
             viewers: gauge!("vc_relay_signaling_connected_viewers"),
@@ -52,6 +57,9 @@ impl SignalingMetrics {
                 .map(|c| counter!("vc_relay_signaling_errors_total", "code" => c.as_str())),
             slow_consumers_dropped: counter!("vc_relay_signaling_slow_consumers_dropped_total"),
             unauthorized_upgrades: counter!("vc_relay_signaling_unauthorized_upgrades_total"),
+            rejected_per_ip: rejected("per_ip"),
+            rejected_max_connections: rejected("max_connections"),
+            rejected_handshake_timeout: rejected("handshake_timeout"),
             presence_reports: counter!("vc_relay_signaling_presence_reports_total"),
             presence_failures: counter!("vc_relay_signaling_presence_failures_total"),
         }

@@ -34,8 +34,16 @@ pub struct SignalingConfig {
     /// Every this many seconds the relay re-reports all connected cameras as online: refreshes
     /// `last_seen`, heals a control plane that restarted, and learns of deleted devices.
     pub presence_resync_secs: u64,
-    /// Maximum simultaneous WebSocket connections (further upgrades get HTTP 503).
+    /// Maximum simultaneous WebSocket connections, upgrades in progress included (further
+    /// upgrades get HTTP 503).
     pub max_connections: usize,
+    /// Maximum simultaneous connections (upgrades in progress included) from one source IP;
+    /// further TCP connections from it are closed at once, unread. Raise it for load tests that
+    /// connect thousands of clients from one address.
+    pub max_connections_per_ip: usize,
+    /// A TCP connection must complete the WebSocket upgrade (HTTP request in, 101 out) within
+    /// this many milliseconds, or it is closed (slowloris).
+    pub handshake_timeout_ms: u64,
     /// Concurrent viewer sessions one camera serves.
     pub max_sessions_per_camera: usize,
     /// Concurrent sessions one viewer connection may hold.
@@ -69,6 +77,8 @@ impl Default for SignalingConfig {
             presence_batch_ms: 50,
             presence_resync_secs: 30,
             max_connections: 100_000,
+            max_connections_per_ip: 64,
+            handshake_timeout_ms: 5_000,
             max_sessions_per_camera: 8,
             max_sessions_per_viewer: 16,
             max_message_bytes: 64 * 1024,

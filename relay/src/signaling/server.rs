@@ -3,9 +3,10 @@
 //! [`crate::signaling::connection`]. Also owns the table of live connections (id -> outbound
 //! queue) through which the router's deliveries reach their targets.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -13,7 +14,7 @@ use shared::api::PresenceEvent;
 use shared::signaling::{IceServer, ServerMessage};
 use shared::ticket::{unix_now, SignalingClaims, TicketKey};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -67,6 +68,72 @@ impl Kill {
     }
 }
 
+/// Concurrent connections per source IP. Only connected sources have an entry: the count is
+/// removed when it drops to zero, so a scan from many addresses leaves nothing behind. The lock
+/// is taken once per accepted TCP connection and once when it closes, never per message.
+#[derive(Debug)]
+pub(crate) struct PerIp {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for one more connection from `ip`, or None when it already has `max`.
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+
+    #[cfg(test)]
+    fn sources(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One connection's share of its source's count; released on drop.
+#[derive(Debug)]
+pub(crate) struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_ip.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What admitted a connection (its global and per-IP slots), held for its whole life.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    _global: OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
 /// A live connection as seen from other tasks.
 pub(crate) struct ConnHandle {
     pub(crate) tx: mpsc::Sender<Outbound>,
@@ -87,6 +154,7 @@ pub struct Signaling {
     turn_port: Option<u16>,
     next_id: AtomicU64,
     limit: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -176,6 +244,7 @@ impl Signaling {
             turn_port,
             next_id: AtomicU64::new(1),
             limit: Arc::new(Semaphore::new(config.max_connections)),
+            per_ip: PerIp::new(config.max_connections_per_ip),
             shutdown: shutdown_rx,
             config,
         });
@@ -309,9 +378,17 @@ async fn accept_loop(sig: Arc<Signaling>, listener: TcpListener) {
     loop {
         tokio::select! {
             res = listener.accept() => match res {
-                Ok((stream, peer)) => {
-                    tokio::spawn(upgrade(sig.clone(), stream, peer));
-                }
+                Ok((stream, peer)) => match sig.per_ip.try_acquire(peer.ip()) {
+                    Some(slot) => {
+                        tokio::spawn(upgrade(sig.clone(), stream, peer, slot));
+                    }
+                    None => {
+                        // Closed unread: answering would let a flooding source hold tasks.
+                        sig.metrics.rejected_per_ip.increment(1);
+                        tracing::debug!(%peer, "signaling connection over max_connections_per_ip");
+                        drop(stream);
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "signaling accept failed");
@@ -355,7 +432,7 @@ fn host_only(host: &str) -> &str {
 
 // The handshake callback's error type is tungstenite's `ErrorResponse`.
 #[allow(clippy::result_large_err)]
-async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr) {
+async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr, ip_slot: IpSlot) {
     let _ = stream.set_nodelay(true);
     let local_ip = stream.local_addr().ok().map(|a| match a {
         SocketAddr::V4(v4) => v4.ip().to_string(),
@@ -368,6 +445,7 @@ async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr) {
             return Err(reject(StatusCode::NOT_FOUND, "signaling lives at /ws\n"));
         }
         if permit.is_none() {
+            sig.metrics.rejected_max_connections.increment(1);
             return Err(reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many connections\n",
@@ -393,7 +471,8 @@ async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr) {
         }
         Ok(resp)
     };
-    let timeout = Duration::from_secs(sig.config.auth_timeout_secs.max(1));
+    // One deadline for the whole upgrade, not per read: a client trickling bytes is cut too.
+    let timeout = Duration::from_millis(sig.config.handshake_timeout_ms.max(1));
     let accepted = tokio::time::timeout(
         timeout,
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(sig.ws_config)),
@@ -405,12 +484,20 @@ async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr) {
             tracing::debug!(%peer, error = %e, "signaling handshake failed");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            sig.metrics.rejected_handshake_timeout.increment(1);
+            tracing::debug!(%peer, "signaling upgrade not completed within handshake_timeout_ms");
+            return;
+        }
     };
     let Some(permit) = permit else { return };
+    let admission = Admission {
+        _global: permit,
+        _ip: ip_slot,
+    };
     let host = up.host.or(local_ip).unwrap_or_else(|| "127.0.0.1".into());
     // A task of its own: the handshake's state is freed now, not kept for the connection's life.
-    tokio::spawn(super::connection::run(sig, ws, up.claims, host, permit));
+    tokio::spawn(super::connection::run(sig, ws, up.claims, host, admission));
 }
 
 #[cfg(test)]
@@ -433,6 +520,32 @@ mod tests {
         assert_eq!(host_only("127.0.0.1:1"), "127.0.0.1");
         assert_eq!(host_only("[::1]:8443"), "[::1]");
         assert_eq!(host_only("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn per_ip_caps_each_source_and_forgets_idle_ones() {
+        let per_ip = PerIp::new(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let a1 = per_ip.try_acquire(a).expect("first from a");
+        let a2 = per_ip.try_acquire(a).expect("second from a");
+        assert!(
+            per_ip.try_acquire(a).is_none(),
+            "third from a is over the cap"
+        );
+        // Other sources are not affected by a's count.
+        let b1 = per_ip.try_acquire(b).expect("first from b");
+        assert_eq!(per_ip.sources(), 2);
+        // A closed connection frees its slot.
+        drop(a1);
+        let a3 = per_ip.try_acquire(a).expect("a has a free slot again");
+        // Sources with no connection keep no state.
+        drop((a2, a3, b1));
+        assert_eq!(per_ip.sources(), 0);
+        // A cap of 0 refuses everyone without leaving an entry behind.
+        let none = PerIp::new(0);
+        assert!(none.try_acquire(a).is_none());
+        assert_eq!(none.sources(), 0);
     }
 
     #[test]
