@@ -258,3 +258,146 @@ async fn slow_upgrades_are_closed_at_the_handshake_deadline() -> Result<()> {
     relay.terminate().await?;
     Ok(())
 }
+
+/// A camera whose client stops reading after `welcome`, on a socket with a tiny receive buffer.
+/// Returned so the caller keeps the socket open (never polled again) while the relay writes.
+async fn stuck_camera(
+    addr: SocketAddr,
+) -> Result<(tokio_tungstenite::WebSocketStream<TcpStream>, Uuid)> {
+    let dev = Uuid::new_v4();
+    let (t, _) = key().mint_signaling(&dev.to_string(), Role::Camera, vec![dev], unix_now(), 600);
+    let sock = TcpSocket::new_v4()?;
+    sock.set_recv_buffer_size(4096)?;
+    let stream = tokio::time::timeout(STEP, sock.connect(addr)).await??;
+    let (mut ws, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async(format!("ws://{addr}/ws?token={t}"), stream),
+    )
+    .await??;
+    use futures_util::StreamExt;
+    let welcome = tokio::time::timeout(STEP, ws.next()).await?;
+    ensure!(matches!(welcome, Some(Ok(_))), "no welcome: {welcome:?}");
+    Ok((ws, dev))
+}
+
+/// A viewer floods a camera that stopped reading with 60 KiB offers; the relay must drop the
+/// camera (the viewer gets `bye camera_offline`) within `within`, release its session and
+/// connection, keep the viewer's sends non-blocking, and keep serving another pair meanwhile.
+/// Returns the relay's metrics after the drop.
+async fn flood_a_camera_that_stopped_reading(
+    extra: &[(&str, &str)],
+    within: Duration,
+) -> Result<String> {
+    let relay = start_relay(extra).await?;
+    let addr: SocketAddr = relay.addr("signaling").parse()?;
+    let ws_base = format!("ws://{addr}/ws");
+    let (_stuck, dev) = stuck_camera(addr).await?;
+    let (mut cam2, dev2) = camera(&ws_base).await?;
+    let mut flooder = viewer(&ws_base, dev, unix_now(), 600).await?;
+    let mut bystander = viewer(&ws_base, dev2, unix_now(), 600).await?;
+    let session = open_session(&mut flooder, dev).await?;
+    let other = open_session(&mut bystander, dev2).await?;
+    let sdp = "v".repeat(60 * 1024);
+    let started = Instant::now();
+    // 150 x 60 KiB = 9 MiB: far more than the kernel buffers between relay and camera hold.
+    for _ in 0..150 {
+        let offer = ClientMessage::Offer {
+            session_id: session,
+            sdp: sdp.clone(),
+        };
+        tokio::time::timeout(STEP, send(&mut flooder, &offer))
+            .await
+            .context("the relay stopped reading the flooding viewer")??;
+    }
+    // Meanwhile another pair is served as usual.
+    let small = ClientMessage::Offer {
+        session_id: other,
+        sdp: "o".into(),
+    };
+    send(&mut bystander, &small).await?;
+    ensure!(
+        matches!(recv(&mut cam2).await?, ServerMessage::Offer { session_id, .. } if session_id == other)
+    );
+    // The stuck camera is dropped: its viewer is told.
+    let bye = tokio::time::timeout(within, recv(&mut flooder))
+        .await
+        .context("the stuck camera was not dropped in time")??;
+    ensure!(
+        matches!(&bye, ServerMessage::Bye { session_id, reason: Some(r) } if *session_id == session && r == "camera_offline"),
+        "expected bye camera_offline, got {bye:?}"
+    );
+    eprintln!("stuck camera dropped after {:?}", started.elapsed());
+    // Its session is gone: further sends are refused at once instead of queued.
+    send(
+        &mut flooder,
+        &ClientMessage::Offer {
+            session_id: session,
+            sdp: "o".into(),
+        },
+    )
+    .await?;
+    expect_error(recv(&mut flooder).await?, ErrorCode::UnknownSession)?;
+    // Only the two viewers and the healthy camera remain, with one session.
+    let m = metrics(&relay).await?;
+    ensure!(
+        sample(&m, "vc_relay_signaling_connections") == 3.0,
+        "connections: {m}"
+    );
+    ensure!(
+        sample(&m, "vc_relay_signaling_sessions") == 1.0,
+        "sessions: {m}"
+    );
+    send(&mut bystander, &small).await?;
+    ensure!(matches!(
+        recv(&mut cam2).await?,
+        ServerMessage::Offer { .. }
+    ));
+    relay.terminate().await?;
+    Ok(m)
+}
+
+/// `write_timeout_ms`: a write the client does not take within 1 s drops it, even though its
+/// queue limits (messages and bytes) are far away. Before issue 11 the connection's task hung
+/// in `flush` forever and the camera was never dropped.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_at_the_write_deadline() -> Result<()> {
+    let m = flood_a_camera_that_stopped_reading(
+        &[
+            ("VC_SIGNALING__WRITE_TIMEOUT_MS", "1000"),
+            ("VC_SIGNALING__MAX_QUEUED_BYTES", "1000000000"),
+            ("VC_SIGNALING__OUTBOUND_QUEUE", "100000"),
+        ],
+        Duration::from_secs(4),
+    )
+    .await?;
+    ensure!(
+        sample(&m, "vc_relay_signaling_write_timeouts_total") >= 1.0,
+        "{m}"
+    );
+    Ok(())
+}
+
+/// `max_queued_bytes`: with a long write deadline and a long message queue, the bytes queued
+/// for a client that stopped reading reach 256 KiB and it is dropped as a slow consumer at
+/// once. Before issue 11 only the message count (here 100000) was bounded.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_at_the_queued_bytes_limit() -> Result<()> {
+    let m = flood_a_camera_that_stopped_reading(
+        &[
+            ("VC_SIGNALING__WRITE_TIMEOUT_MS", "60000"),
+            ("VC_SIGNALING__MAX_QUEUED_BYTES", "262144"),
+            ("VC_SIGNALING__OUTBOUND_QUEUE", "100000"),
+        ],
+        Duration::from_secs(4),
+    )
+    .await?;
+    ensure!(
+        sample(&m, "vc_relay_signaling_slow_consumers_dropped_total") >= 1.0,
+        "{m}"
+    );
+    ensure!(
+        sample(&m, "vc_relay_signaling_write_timeouts_total") == 0.0,
+        "{m}"
+    );
+    Ok(())
+}

@@ -16,6 +16,7 @@ pub struct SignalingMetrics {
     routed_bye: Counter,
     errors: [Counter; 10],
     pub slow_consumers_dropped: Counter,
+    pub write_timeouts: Counter,
     pub unauthorized_upgrades: Counter,
     /// Connections refused or cut before becoming WebSockets, by reason.
     pub rejected_per_ip: Counter,
@@ -56,6 +57,7 @@ impl SignalingMetrics {
             errors: CODES
                 .map(|c| counter!("vc_relay_signaling_errors_total", "code" => c.as_str())),
             slow_consumers_dropped: counter!("vc_relay_signaling_slow_consumers_dropped_total"),
+            write_timeouts: counter!("vc_relay_signaling_write_timeouts_total"),
             unauthorized_upgrades: counter!("vc_relay_signaling_unauthorized_upgrades_total"),
             rejected_per_ip: rejected("per_ip"),
             rejected_max_connections: rejected("max_connections"),

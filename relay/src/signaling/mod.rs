@@ -63,6 +63,13 @@ pub struct SignalingConfig {
     /// Per-connection outbound queue, messages. A connection whose queue is full when a message
     /// for it arrives is dropped as a slow consumer.
     pub outbound_queue: usize,
+    /// Per-connection outbound bytes queued and not yet flushed to the socket: a message that
+    /// would exceed it drops the connection as a slow consumer (at least `max_message_bytes`
+    /// + 1 KiB is used).
+    pub max_queued_bytes: usize,
+    /// A write to a client's socket (a flush) that makes no complete progress for this many
+    /// milliseconds drops the connection as a slow consumer (a client that stopped reading).
+    pub write_timeout_ms: u64,
     /// Read buffer per connection, bytes (memory per idle connection matters at 10k+).
     pub read_buffer_bytes: usize,
 }
@@ -88,6 +95,8 @@ impl Default for SignalingConfig {
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
             outbound_queue: 256,
+            max_queued_bytes: 1024 * 1024,
+            write_timeout_ms: 10_000,
             read_buffer_bytes: 4096,
         }
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,6 +138,8 @@ pub(crate) struct Admission {
 pub(crate) struct ConnHandle {
     pub(crate) tx: mpsc::Sender<Outbound>,
     pub(crate) kill: Arc<Kill>,
+    /// Bytes queued for the connection and not yet flushed to its socket.
+    pub(crate) queued: Arc<AtomicUsize>,
 }
 
 /// The signaling plane: router, live connections, config, metrics. Shared by all tasks.
@@ -155,6 +157,8 @@ pub struct Signaling {
     next_id: AtomicU64,
     limit: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
+    /// `max_queued_bytes`, but never below one largest message (it must fit in the queue).
+    max_queued_bytes: usize,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -245,6 +249,7 @@ impl Signaling {
             next_id: AtomicU64::new(1),
             limit: Arc::new(Semaphore::new(config.max_connections)),
             per_ip: PerIp::new(config.max_connections_per_ip),
+            max_queued_bytes: config.max_queued_bytes.max(config.max_message_bytes + 1024),
             shutdown: shutdown_rx,
             config,
         });
@@ -331,13 +336,24 @@ impl Signaling {
             return;
         };
         if let Some(h) = self.conns.get(&to) {
+            // Bytes, not only messages: 256 queued 64 KiB offers are 16 MiB, 256 candidates 50 KiB.
+            let len = text.len();
+            if h.queued.fetch_add(len, Ordering::Relaxed) + len > self.max_queued_bytes {
+                h.queued.fetch_sub(len, Ordering::Relaxed);
+                self.metrics.slow_consumers_dropped.increment(1);
+                h.kill.fire(CloseReason::SlowConsumer);
+                return;
+            }
             match h.tx.try_send(Outbound::Text(text.into())) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    h.queued.fetch_sub(len, Ordering::Relaxed);
                     self.metrics.slow_consumers_dropped.increment(1);
                     h.kill.fire(CloseReason::SlowConsumer);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    h.queued.fetch_sub(len, Ordering::Relaxed);
+                }
             }
         }
     }
