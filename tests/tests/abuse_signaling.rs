@@ -12,7 +12,7 @@ use shared::Secret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use uuid::Uuid;
-use vc_tests::signaling_client::{closed, expect_error, recv, send, ws_connect, Ws, STEP};
+use vc_tests::signaling_client::{cand, closed, expect_error, recv, send, ws_connect, Ws, STEP};
 use vc_tests::{start, Running};
 
 const SECRET: &str = "abuse-signaling-test-ticket-secret";
@@ -399,5 +399,65 @@ async fn a_client_that_stops_reading_is_dropped_at_the_queued_bytes_limit() -> R
         sample(&m, "vc_relay_signaling_write_timeouts_total") == 0.0,
         "{m}"
     );
+    Ok(())
+}
+
+/// Idle handling keeps running while a write is pending: with the write deadline and queue
+/// limits far away, a camera that stopped reading (and so answers no ping) is dropped by the
+/// idle timeout. Before issue 11 its task sat in `flush` and never checked idleness.
+#[tokio::test]
+async fn idle_timeout_fires_while_a_write_is_pending() -> Result<()> {
+    let relay = start_relay(&[
+        ("VC_SIGNALING__IDLE_TIMEOUT_SECS", "2"),
+        ("VC_SIGNALING__PING_INTERVAL_SECS", "1"),
+        ("VC_SIGNALING__WRITE_TIMEOUT_MS", "60000"),
+        ("VC_SIGNALING__MAX_QUEUED_BYTES", "1000000000"),
+        ("VC_SIGNALING__OUTBOUND_QUEUE", "100000"),
+    ])
+    .await?;
+    let addr: SocketAddr = relay.addr("signaling").parse()?;
+    let (_stuck, dev) = stuck_camera(addr).await?;
+    let mut flooder = viewer(&format!("ws://{addr}/ws"), dev, unix_now(), 600).await?;
+    let session = open_session(&mut flooder, dev).await?;
+    let sdp = "v".repeat(60 * 1024);
+    for _ in 0..150 {
+        let offer = ClientMessage::Offer {
+            session_id: session,
+            sdp: sdp.clone(),
+        };
+        send(&mut flooder, &offer).await?;
+    }
+    // The viewer stays active (a candidate every 300 ms) and waits for the camera's drop.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut n = 0;
+    let bye = loop {
+        ensure!(
+            Instant::now() < deadline,
+            "the stuck camera was not dropped as idle"
+        );
+        n += 1;
+        let c = ClientMessage::Candidate {
+            session_id: session,
+            candidate: cand(n),
+        };
+        send(&mut flooder, &c).await?;
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), recv(&mut flooder)).await {
+            break m?;
+        }
+    };
+    ensure!(
+        matches!(&bye, ServerMessage::Bye { reason: Some(r), .. } if r == "camera_offline"),
+        "expected bye camera_offline, got {bye:?}"
+    );
+    let m = metrics(&relay).await?;
+    ensure!(
+        sample(&m, "vc_relay_signaling_write_timeouts_total") == 0.0,
+        "{m}"
+    );
+    ensure!(
+        sample(&m, "vc_relay_signaling_slow_consumers_dropped_total") == 0.0,
+        "{m}"
+    );
+    relay.terminate().await?;
     Ok(())
 }
