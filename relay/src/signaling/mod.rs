@@ -54,7 +54,8 @@ pub struct SignalingConfig {
     pub rate_per_sec: u32,
     /// Burst allowance of the per-connection rate limit, messages.
     pub rate_burst: u32,
-    /// Seconds to present a token (`?token=` or a first `auth` message).
+    /// Seconds to present a token in a first `auth` message after an upgrade without
+    /// `?token=` (the upgrade itself is bounded by `handshake_timeout_ms`).
     pub auth_timeout_secs: u64,
     /// WebSocket ping interval, seconds.
     pub ping_interval_secs: u64,
