@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use futures_util::StreamExt;
 use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
 use shared::ticket::{unix_now, Role, TicketKey};
 use shared::Secret;
@@ -244,8 +245,8 @@ async fn slow_upgrades_are_closed_at_the_handshake_deadline() -> Result<()> {
         "closed before the deadline ({:?})",
         started.elapsed()
     );
-    let (_, dev) = camera(&format!("ws://{addr}/ws")).await?;
-    ensure!(!dev.is_nil());
+    // A normal upgrade still works (camera() checks for its welcome).
+    camera(&format!("ws://{addr}/ws")).await?;
     let m = metrics(&relay).await?;
     let timeouts = sample(
         &m,
@@ -274,7 +275,6 @@ async fn stuck_camera(
         tokio_tungstenite::client_async(format!("ws://{addr}/ws?token={t}"), stream),
     )
     .await??;
-    use futures_util::StreamExt;
     let welcome = tokio::time::timeout(STEP, ws.next()).await?;
     ensure!(matches!(welcome, Some(Ok(_))), "no welcome: {welcome:?}");
     Ok((ws, dev))
