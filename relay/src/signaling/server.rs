@@ -49,13 +49,16 @@ const REASONS: [CloseReason; 8] = [
 ];
 
 impl Kill {
-    pub(crate) fn fire(&self, reason: CloseReason) {
+    /// Asks the connection to close; true if this was the first reason given (the one used).
+    pub(crate) fn fire(&self, reason: CloseReason) -> bool {
         let idx = REASONS.iter().position(|r| *r == reason).unwrap_or(0);
         // 0 means "not fired": store index + 1; the first reason wins.
-        let _ = self
+        let first = self
             .reason
-            .compare_exchange(0, idx as u8 + 1, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(0, idx as u8 + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
         self.notify.notify_one();
+        first
     }
 
     pub(crate) async fn fired(&self) -> CloseReason {
@@ -340,21 +343,27 @@ impl Signaling {
             let len = text.len();
             if h.queued.fetch_add(len, Ordering::Relaxed) + len > self.max_queued_bytes {
                 h.queued.fetch_sub(len, Ordering::Relaxed);
-                self.metrics.slow_consumers_dropped.increment(1);
-                h.kill.fire(CloseReason::SlowConsumer);
+                self.slow_consumer(&h.kill);
                 return;
             }
             match h.tx.try_send(Outbound::Text(text.into())) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     h.queued.fetch_sub(len, Ordering::Relaxed);
-                    self.metrics.slow_consumers_dropped.increment(1);
-                    h.kill.fire(CloseReason::SlowConsumer);
+                    self.slow_consumer(&h.kill);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     h.queued.fetch_sub(len, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// Drops a connection whose queue is full, counting it once (later messages for it that
+    /// find the queue full too are not more slow consumers).
+    fn slow_consumer(&self, kill: &Kill) {
+        if kill.fire(CloseReason::SlowConsumer) {
+            self.metrics.slow_consumers_dropped.increment(1);
         }
     }
 
@@ -567,8 +576,11 @@ mod tests {
     #[test]
     fn kill_keeps_first_reason() {
         let k = Kill::default();
-        k.fire(CloseReason::Replaced);
-        k.fire(CloseReason::SlowConsumer);
+        assert!(k.fire(CloseReason::Replaced));
+        assert!(
+            !k.fire(CloseReason::SlowConsumer),
+            "only the first reason counts"
+        );
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
