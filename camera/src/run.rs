@@ -387,7 +387,7 @@ impl<'a> Connection<'a> {
             } => {
                 tracing::warn!(code = code.as_str(), %message, ?reference, "relay error");
                 match code {
-                    ErrorCode::Unauthorized | ErrorCode::Forbidden => {
+                    ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::TokenExpired => {
                         return Err(format!("relay refused: {} {message}", code.as_str()));
                     }
                     ErrorCode::UnknownSession => {

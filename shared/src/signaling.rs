@@ -113,6 +113,8 @@ pub enum ErrorCode {
     Busy,
     /// Cross-node routing is down (the relay lost NATS); retry later.
     Unavailable,
+    /// The connection's token expired: refresh it with `auth {token}` (or reconnect).
+    TokenExpired,
 }
 
 impl ErrorCode {
@@ -127,6 +129,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Busy => "busy",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use shared::signaling::{ClientMessage, IceCandidate, ServerMessage};
+use shared::signaling::{ClientMessage, ErrorCode, IceCandidate, ServerMessage};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -45,5 +45,36 @@ pub fn cand(n: u16) -> IceCandidate {
         sdp_mid: Some("0".into()),
         sdp_mline_index: Some(0),
         username_fragment: None,
+    }
+}
+
+/// Opens a WebSocket to `url` within [`STEP`].
+pub async fn ws_connect(url: &str) -> Result<Ws> {
+    let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url))
+        .await
+        .context("connect timed out")??;
+    Ok(ws)
+}
+
+/// Waits for the close frame; returns its code and reason.
+pub async fn closed(ws: &mut Ws) -> Result<(u16, String)> {
+    loop {
+        let m = tokio::time::timeout(STEP, ws.next())
+            .await
+            .context("not closed within 5 s")?;
+        match m {
+            Some(Ok(Message::Close(Some(f)))) => return Ok((f.code.into(), f.reason.to_string())),
+            Some(Ok(Message::Close(None))) | None => return Ok((0, String::new())),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("error before close: {e}"),
+        }
+    }
+}
+
+/// Ok if `m` is an `error` with code `want`.
+pub fn expect_error(m: ServerMessage, want: ErrorCode) -> Result<()> {
+    match m {
+        ServerMessage::Error { code, .. } if code == want => Ok(()),
+        other => bail!("expected error {want:?}, got {other:?}"),
     }
 }

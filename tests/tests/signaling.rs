@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use shared::api::{ActivateResponse, TicketResponse};
@@ -15,7 +15,7 @@ use shared::Secret;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use uuid::Uuid;
-use vc_tests::signaling_client::{cand, recv, send, Ws, STEP};
+use vc_tests::signaling_client::{cand, closed, expect_error, recv, send, ws_connect, Ws, STEP};
 use vc_tests::{start, Running};
 
 const SECRET: &str = "signaling-test-ticket-secret";
@@ -178,41 +178,12 @@ async fn start_relay(control_url: &str, extra: &[(&str, &str)]) -> Result<Runnin
     start("vc-relay", &[], &env).await
 }
 
-async fn ws_connect(url: &str) -> Result<Ws> {
-    let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url))
-        .await
-        .context("connect timed out")??;
-    Ok(ws)
-}
-
 /// HTTP status of a refused upgrade.
 async fn refused(url: &str) -> Result<StatusCode> {
     match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url)).await? {
         Ok(_) => bail!("upgrade to {url} was accepted"),
         Err(WsError::Http(resp)) => Ok(StatusCode::from_u16(resp.status().as_u16())?),
         Err(e) => bail!("upgrade failed without an HTTP status: {e}"),
-    }
-}
-
-/// Waits for the close frame; returns its code and reason.
-async fn closed(ws: &mut Ws) -> Result<(u16, String)> {
-    loop {
-        let m = tokio::time::timeout(STEP, ws.next())
-            .await
-            .context("not closed within 5 s")?;
-        match m {
-            Some(Ok(Message::Close(Some(f)))) => return Ok((f.code.into(), f.reason.to_string())),
-            Some(Ok(Message::Close(None))) | None => return Ok((0, String::new())),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => bail!("error before close: {e}"),
-        }
-    }
-}
-
-fn expect_error(m: ServerMessage, want: ErrorCode) -> Result<()> {
-    match m {
-        ServerMessage::Error { code, .. } if code == want => Ok(()),
-        other => bail!("expected error {want:?}, got {other:?}"),
     }
 }
 
@@ -699,7 +670,7 @@ async fn camera_token_expiry_and_refresh() -> Result<()> {
     let (t2, _) = key.mint_signaling(&dev.to_string(), Role::Camera, vec![dev], now, 4);
     send(&mut cam, &ClientMessage::Auth { token: t2 }).await?;
     let t0 = Instant::now();
-    expect_error(recv(&mut cam).await?, ErrorCode::Unauthorized)?;
+    expect_error(recv(&mut cam).await?, ErrorCode::TokenExpired)?;
     let (code, _) = closed(&mut cam).await?;
     ensure!(code == 4002, "expired camera closed with {code}");
     ensure!(

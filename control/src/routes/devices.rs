@@ -25,7 +25,6 @@ fn columns(now_param: &str) -> String {
     )
 }
 
-
 /// A camera as its owner sees it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Device {

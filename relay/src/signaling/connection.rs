@@ -1,24 +1,33 @@
 //! One task per WebSocket connection: authenticate (if the upgrade carried no token), send
 //! `welcome`, then loop: read -> limits -> router -> deliveries; drain the bounded outbound queue
-//! in batches; ping; enforce idle timeout and (cameras) token expiry.
+//! in batches; ping; enforce idle timeout and token expiry.
 //!
-//! **Token expiry.** A camera's connection lives until its signaling token expires. Before then
-//! the camera sends `auth {token}` with a fresh token for the same device (from
-//! `POST /api/relay/ticket`), which moves the deadline; otherwise the relay sends
-//! `error {code: unauthorized}` and closes with code 4002. So a device deleted in vc-control
+//! **Slow consumers.** Writes and reads are polled together (`poll_io`), never awaited one at
+//! a time, so a client that stops reading cannot stall its own task: kills, pings, idle and
+//! expiry still run. What it does not take is bounded twice: by time (a write pending for
+//! `write_timeout_ms`) and by bytes queued and not yet flushed (`max_queued_bytes`, counted in
+//! `Signaling::send`); either drops it as a slow consumer (4008), which frees its queue.
+//!
+//! **Token expiry.** Every connection (camera or viewer) lives until its signaling token
+//! expires. Before then the client sends `auth {token}` with a fresh token for the same subject
+//! (from `POST /api/relay/ticket`), which moves the deadline; otherwise the relay sends
+//! `error {code: token_expired}` and closes with code 4002. So a device deleted in vc-control
 //! (which then refuses it tickets) loses its connection within one ticket TTL at most, and
-//! sooner through the presence reporter's `unknown_devices`. Viewer tokens are checked when used
-//! (upgrade, `connect`); an open viewer connection is not cut at expiry.
+//! sooner through the presence reporter's `unknown_devices`; a viewer whose access was revoked
+//! cannot open sessions past its ticket's TTL. `connect` also checks expiry itself, so no
+//! session is opened on an expired token even in the instant before the timer fires.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
-use shared::ticket::{unix_now, Role, SignalingClaims};
+use shared::ticket::{Role, SignalingClaims};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -26,7 +35,7 @@ use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
 use super::router::{CloseReason, ConnState, Delivery};
-use super::server::{ConnHandle, Kill, Outbound, Signaling};
+use super::server::{Admission, ConnHandle, Kill, Outbound, Signaling};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -64,11 +73,24 @@ impl TokenBucket {
     }
 }
 
+/// The connection's one wall clock, unix milliseconds (tokens expire in unix seconds).
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// True once a token expiring at `exp` (unix seconds) is no longer valid at `now_ms`
+/// (the same rule as token verification: valid while `now < exp`).
+fn expired(exp: u64, now_ms: u64) -> bool {
+    now_ms / 1000 >= exp
+}
+
+/// Time left until [`expired`] turns true; capped so an absurd expiry cannot overflow a timer.
+fn until_expiry(exp: u64, now_ms: u64) -> Duration {
+    const CAP_MS: u64 = 365 * 86_400_000;
+    Duration::from_millis(exp.saturating_mul(1000).saturating_sub(now_ms).min(CAP_MS))
 }
 
 fn error_msg(
@@ -80,6 +102,20 @@ fn error_msg(
         code,
         message: message.into(),
         reference,
+    }
+}
+
+/// `token_expired` for a `connect` on an expired token; None lets the router handle `msg`.
+/// (The expiry timer closes the connection, but a `connect` read in the same instant must not
+/// open a session.)
+fn refuse_expired(msg: &ClientMessage, exp: u64, now_ms: u64) -> Option<ServerMessage> {
+    match msg {
+        ClientMessage::Connect { device_id } if expired(exp, now_ms) => Some(error_msg(
+            ErrorCode::TokenExpired,
+            "token expired: send auth {token} with a fresh token, then connect again",
+            Some(device_id.to_string()),
+        )),
+        _ => None,
     }
 }
 
@@ -125,7 +161,7 @@ async fn first_message_auth(sig: &Signaling, ws: &mut Ws) -> Option<SignalingCla
         };
         let failure = match serde_json::from_str::<ClientMessage>(&text) {
             Ok(ClientMessage::Auth { token }) => {
-                match sig.router.authenticate(&token, unix_now()) {
+                match sig.router.authenticate(&token, unix_ms() / 1000) {
                     Ok(claims) => return Some(claims),
                     Err(e) => format!("invalid signaling token: {e}"),
                 }
@@ -151,7 +187,7 @@ pub(crate) async fn run(
     mut ws: Ws,
     claims: Option<SignalingClaims>,
     host: String,
-    _permit: OwnedSemaphorePermit,
+    _admission: Admission,
 ) {
     let claims = match claims {
         Some(c) => c,
@@ -164,11 +200,13 @@ pub(crate) async fn run(
     let mut state = ConnState::new(id, claims);
     let (tx, mut rx) = mpsc::channel(sig.config.outbound_queue.max(1));
     let kill = Arc::new(Kill::default());
+    let queued = Arc::new(AtomicUsize::new(0));
     sig.conns.insert(
         id,
         ConnHandle {
             tx,
             kill: kill.clone(),
+            queued: queued.clone(),
         },
     );
     let welcome = ServerMessage::Welcome {
@@ -187,7 +225,7 @@ pub(crate) async fn run(
     sig.deliver(&mut out);
     sig.update_gauges();
 
-    let reason = drive(&sig, &mut ws, &mut state, &mut rx, &kill, &mut out).await;
+    let reason = drive(&sig, &mut ws, &mut state, &mut rx, &kill, &queued, &mut out).await;
     if let Some((reason, msg)) = reason {
         close_with(&mut ws, msg, reason).await;
     }
@@ -198,6 +236,96 @@ pub(crate) async fn run(
     sig.update_gauges();
 }
 
+/// Messages fed to the socket before one flush (one syscall for a burst).
+const WRITE_BATCH: usize = 64;
+
+/// The write side of a connection, driven by [`poll_io`] beside the reads.
+#[derive(Debug, Default)]
+struct Writer {
+    /// Bytes of queued messages fed to the socket since the last completed flush.
+    unflushed: usize,
+    /// Bytes whose flush completed, not yet taken off the connection's queued-bytes count.
+    flushed: usize,
+    /// Something was fed and needs a flush.
+    dirty: bool,
+    /// A ping is due; it goes out ahead of queued messages.
+    ping: bool,
+    /// The socket stopped taking bytes: a write is pending and its deadline runs.
+    blocked: bool,
+}
+
+/// What [`poll_io`] has for the connection loop.
+enum Io {
+    Read(Option<Result<Message, WsError>>),
+    /// The write side changed ([`Writer::flushed`] or [`Writer::blocked`]).
+    Wrote,
+    /// Writing failed or the outbound queue closed: the connection is over.
+    Gone,
+}
+
+/// Polls the connection's writes and reads together, so a write the peer does not take never
+/// stops reads, kills, pings or timers from being handled (the write deadline runs meanwhile).
+/// Only moves data: limits and deadlines are the caller's.
+fn poll_io(
+    ws: &mut Ws,
+    rx: &mut mpsc::Receiver<Outbound>,
+    w: &mut Writer,
+    cx: &mut Context<'_>,
+) -> Poll<Io> {
+    let mut ws = Pin::new(ws);
+    let was_blocked = w.blocked;
+    let mut fed = 0;
+    // Feed while the socket takes bytes (tungstenite's `ready`: its buffer was written out).
+    loop {
+        match ws.as_mut().poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+            Poll::Pending => {
+                w.blocked = true;
+                break;
+            }
+        }
+        let msg = if w.ping {
+            w.ping = false;
+            Message::Ping(Default::default())
+        } else if fed < WRITE_BATCH {
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(Outbound::Text(text))) => {
+                    fed += 1;
+                    w.unflushed += text.len();
+                    Message::Text(text)
+                }
+                Poll::Ready(None) => return Poll::Ready(Io::Gone),
+                Poll::Pending => break,
+            }
+        } else {
+            break;
+        };
+        if ws.as_mut().start_send(msg).is_err() {
+            return Poll::Ready(Io::Gone);
+        }
+        w.dirty = true;
+    }
+    if w.dirty {
+        match ws.as_mut().poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                w.dirty = false;
+                w.blocked = false;
+                w.flushed += std::mem::take(&mut w.unflushed);
+            }
+            Poll::Ready(Err(_)) => return Poll::Ready(Io::Gone),
+            Poll::Pending => w.blocked = true,
+        }
+    }
+    if let Poll::Ready(m) = ws.as_mut().poll_next(cx) {
+        return Poll::Ready(Io::Read(m));
+    }
+    if w.flushed > 0 || w.blocked != was_blocked {
+        return Poll::Ready(Io::Wrote);
+    }
+    Poll::Pending
+}
+
 /// The connection's main loop. Returns why the relay closes it (None: the peer went away).
 async fn drive(
     sig: &Signaling,
@@ -205,6 +333,7 @@ async fn drive(
     state: &mut ConnState,
     rx: &mut mpsc::Receiver<Outbound>,
     kill: &Kill,
+    queued: &AtomicUsize,
     out: &mut Vec<Delivery>,
 ) -> Option<(CloseReason, Option<ServerMessage>)> {
     let cfg = &sig.config;
@@ -215,6 +344,7 @@ async fn drive(
     let mut bucket = TokenBucket::new(cfg.rate_per_sec, cfg.rate_burst, Instant::now());
     let ping_every = Duration::from_secs(cfg.ping_interval_secs.max(1));
     let idle_after = Duration::from_secs(cfg.idle_timeout_secs.max(1));
+    let write_timeout = Duration::from_millis(cfg.write_timeout_ms.max(1));
     // Check liveness at least every third of the idle timeout so the drop is timely.
     let tick = ping_every
         .min(idle_after / 3)
@@ -223,42 +353,46 @@ async fn drive(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
     let mut last_ping = Instant::now();
-    let is_camera = state.role() == Role::Camera;
-    let expiry_at = |exp: u64| {
-        // Capped: an absurd expiry must not overflow the timer.
-        tokio::time::Instant::now()
-            + Duration::from_secs(exp.saturating_sub(unix_now()).min(365 * 86_400))
-    };
+    let expiry_at = |exp: u64| tokio::time::Instant::now() + until_expiry(exp, unix_ms());
     let mut expiry_secs = state.expires_at();
     let expiry = tokio::time::sleep_until(expiry_at(expiry_secs));
     let mut expiry: Pin<&mut tokio::time::Sleep> = std::pin::pin!(expiry);
+    let mut writer = Writer::default();
+    // Armed only when a write blocks, so writes that complete at once never touch the timer.
+    let write_deadline = tokio::time::sleep(Duration::ZERO);
+    let mut write_deadline: Pin<&mut tokio::time::Sleep> = std::pin::pin!(write_deadline);
+    let mut write_armed = false;
 
     loop {
+        if writer.flushed > 0 {
+            queued.fetch_sub(std::mem::take(&mut writer.flushed), Ordering::Relaxed);
+        }
+        if writer.blocked != write_armed {
+            write_armed = writer.blocked;
+            if write_armed {
+                write_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + write_timeout);
+            }
+        }
         tokio::select! {
             biased;
             reason = kill.fired() => return Some((reason, None)),
             _ = shutdown.changed() => return Some((CloseReason::Shutdown, None)),
-            item = rx.recv() => {
-                let Some(Outbound::Text(text)) = item else { return None };
-                if ws.feed(Message::Text(text)).await.is_err() {
-                    return None;
-                }
-                // Batch what is already queued into one flush (one syscall).
-                for _ in 0..64 {
-                    match rx.try_recv() {
-                        Ok(Outbound::Text(text)) => {
-                            if ws.feed(Message::Text(text)).await.is_err() {
-                                return None;
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if ws.flush().await.is_err() {
-                    return None;
-                }
+            _ = write_deadline.as_mut(), if write_armed => {
+                sig.metrics.write_timeouts.increment(1);
+                tracing::info!(
+                    conn = state.id(),
+                    "signaling client took no data for write_timeout_ms; closing as slow consumer"
+                );
+                return Some((CloseReason::SlowConsumer, None));
             }
-            msg = ws.next() => {
+            io = std::future::poll_fn(|cx| poll_io(ws, rx, &mut writer, cx)) => {
+                let msg = match io {
+                    Io::Wrote => continue,
+                    Io::Gone => return None,
+                    Io::Read(msg) => msg,
+                };
                 let msg = match msg {
                     Some(Ok(m)) => m,
                     Some(Err(WsError::Capacity(_))) => {
@@ -292,11 +426,16 @@ async fn drive(
                     sig.send(state.id(), &e);
                     continue;
                 }
+                let now_ms = unix_ms();
                 match serde_json::from_str::<ClientMessage>(&text) {
                     Ok(m) => {
-                        sig.router.message(unix_ms(), state, m, out);
+                        if let Some(e) = refuse_expired(&m, state.expires_at(), now_ms) {
+                            sig.send(state.id(), &e);
+                            continue;
+                        }
+                        sig.router.message(now_ms, state, m, out);
                         sig.deliver(out);
-                        if is_camera && state.expires_at() != expiry_secs {
+                        if state.expires_at() != expiry_secs {
                             expiry_secs = state.expires_at();
                             expiry.as_mut().reset(expiry_at(expiry_secs));
                         }
@@ -316,15 +455,14 @@ async fn drive(
                 }
                 if now.duration_since(last_ping) >= ping_every {
                     last_ping = now;
-                    if ws.send(Message::Ping(Default::default())).await.is_err() {
-                        return None;
-                    }
+                    // Sent by poll_io when the socket takes bytes; never waited for here.
+                    writer.ping = true;
                 }
             }
-            _ = expiry.as_mut(), if is_camera => {
-                if state.expires_at() <= unix_now() {
+            _ = expiry.as_mut() => {
+                if expired(state.expires_at(), unix_ms()) {
                     let e = error_msg(
-                        ErrorCode::Unauthorized,
+                        ErrorCode::TokenExpired,
                         "token expired: send auth {token} with a fresh token before expiry",
                         Some("auth".into()),
                     );
@@ -360,6 +498,38 @@ mod tests {
             assert!(b.take(t2));
         }
         assert!(!b.take(t2));
+    }
+
+    #[test]
+    fn expiry_follows_token_validity() {
+        // A token with exp = 100 is valid through 99.999 s and expired from 100.000 s.
+        assert!(!expired(100, 99_999));
+        assert!(expired(100, 100_000));
+        assert_eq!(until_expiry(100, 99_250), Duration::from_millis(750));
+        assert_eq!(until_expiry(100, 200_000), Duration::ZERO);
+        // An absurd expiry is capped to a year instead of overflowing the timer.
+        assert_eq!(
+            until_expiry(u64::MAX, 0),
+            Duration::from_millis(365 * 86_400_000)
+        );
+    }
+
+    #[test]
+    fn connect_on_expired_token_is_refused() {
+        let device_id = Uuid::new_v4();
+        let connect = ClientMessage::Connect { device_id };
+        assert_eq!(refuse_expired(&connect, 100, 99_999), None);
+        match refuse_expired(&connect, 100, 100_000) {
+            Some(ServerMessage::Error {
+                code: ErrorCode::TokenExpired,
+                reference: Some(r),
+                ..
+            }) => assert_eq!(r, device_id.to_string()),
+            other => panic!("{other:?}"),
+        }
+        // `auth` always reaches the router: it is how a client moves its expiry.
+        let auth = ClientMessage::Auth { token: "t".into() };
+        assert_eq!(refuse_expired(&auth, 100, 100_000), None);
     }
 
     #[test]

@@ -14,16 +14,21 @@ pub struct SignalingMetrics {
     routed_answer: Counter,
     routed_candidate: Counter,
     routed_bye: Counter,
-    errors: [Counter; 9],
+    errors: [Counter; 10],
     pub slow_consumers_dropped: Counter,
+    pub write_timeouts: Counter,
     pub unauthorized_upgrades: Counter,
+    /// Connections refused or cut before becoming WebSockets, by reason.
+    pub rejected_per_ip: Counter,
+    pub rejected_max_connections: Counter,
+    pub rejected_handshake_timeout: Counter,
     pub presence_reports: Counter,
     pub presence_failures: Counter,
     pub presence_events_dropped: Counter,
     pub presence_pending: Gauge,
 }
 
-const CODES: [ErrorCode; 9] = [
+const CODES: [ErrorCode; 10] = [
     ErrorCode::CameraOffline,
     ErrorCode::Forbidden,
     ErrorCode::UnknownSession,
@@ -33,6 +38,7 @@ const CODES: [ErrorCode; 9] = [
     ErrorCode::Unauthorized,
     ErrorCode::Busy,
     ErrorCode::Unavailable,
+    ErrorCode::TokenExpired,
 ];
 
 impl SignalingMetrics {
@@ -40,6 +46,7 @@ impl SignalingMetrics {
     pub fn new() -> Self {
         let routed =
             |t: &'static str| counter!("vc_relay_signaling_messages_routed_total", "type" => t);
+        let rejected = |r: &'static str| counter!("vc_relay_signaling_connections_rejected_total", "reason" => r);
         Self {
             cameras: gauge!("vc_relay_signaling_connected_cameras"),
             viewers: gauge!("vc_relay_signaling_connected_viewers"),
@@ -52,7 +59,11 @@ impl SignalingMetrics {
             errors: CODES
                 .map(|c| counter!("vc_relay_signaling_errors_total", "code" => c.as_str())),
             slow_consumers_dropped: counter!("vc_relay_signaling_slow_consumers_dropped_total"),
+            write_timeouts: counter!("vc_relay_signaling_write_timeouts_total"),
             unauthorized_upgrades: counter!("vc_relay_signaling_unauthorized_upgrades_total"),
+            rejected_per_ip: rejected("per_ip"),
+            rejected_max_connections: rejected("max_connections"),
+            rejected_handshake_timeout: rejected("handshake_timeout"),
             presence_reports: counter!("vc_relay_signaling_presence_reports_total"),
             presence_failures: counter!("vc_relay_signaling_presence_failures_total"),
             presence_events_dropped: counter!("vc_relay_signaling_presence_events_dropped_total"),

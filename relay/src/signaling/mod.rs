@@ -40,8 +40,16 @@ pub struct SignalingConfig {
     /// Events per presence report at most (a report must fit vc-control's `max_body_bytes`:
     /// ~120 bytes an event).
     pub presence_max_events: usize,
-    /// Maximum simultaneous WebSocket connections (further upgrades get HTTP 503).
+    /// Maximum simultaneous WebSocket connections, upgrades in progress included (further
+    /// upgrades get HTTP 503).
     pub max_connections: usize,
+    /// Maximum simultaneous connections (upgrades in progress included) from one source IP;
+    /// further TCP connections from it are closed at once, unread. Raise it for load tests that
+    /// connect thousands of clients from one address.
+    pub max_connections_per_ip: usize,
+    /// A TCP connection must complete the WebSocket upgrade (HTTP request in, 101 out) within
+    /// this many milliseconds, or it is closed (slowloris).
+    pub handshake_timeout_ms: u64,
     /// Concurrent viewer sessions one camera serves.
     pub max_sessions_per_camera: usize,
     /// Concurrent sessions one viewer connection may hold.
@@ -52,7 +60,8 @@ pub struct SignalingConfig {
     pub rate_per_sec: u32,
     /// Burst allowance of the per-connection rate limit, messages.
     pub rate_burst: u32,
-    /// Seconds to present a token (`?token=` or a first `auth` message).
+    /// Seconds to present a token in a first `auth` message after an upgrade without
+    /// `?token=` (the upgrade itself is bounded by `handshake_timeout_ms`).
     pub auth_timeout_secs: u64,
     /// WebSocket ping interval, seconds.
     pub ping_interval_secs: u64,
@@ -61,6 +70,13 @@ pub struct SignalingConfig {
     /// Per-connection outbound queue, messages. A connection whose queue is full when a message
     /// for it arrives is dropped as a slow consumer.
     pub outbound_queue: usize,
+    /// Per-connection outbound bytes queued and not yet flushed to the socket: a message that
+    /// would exceed it drops the connection as a slow consumer (at least `max_message_bytes`
+    /// + 1 KiB is used).
+    pub max_queued_bytes: usize,
+    /// A write to a client's socket (a flush) that makes no complete progress for this many
+    /// milliseconds drops the connection as a slow consumer (a client that stopped reading).
+    pub write_timeout_ms: u64,
     /// Read buffer per connection, bytes (memory per idle connection matters at 10k+).
     pub read_buffer_bytes: usize,
 }
@@ -77,6 +93,8 @@ impl Default for SignalingConfig {
             presence_lease_secs: 15,
             presence_max_events: 200,
             max_connections: 100_000,
+            max_connections_per_ip: 64,
+            handshake_timeout_ms: 5_000,
             max_sessions_per_camera: 8,
             max_sessions_per_viewer: 16,
             max_message_bytes: 64 * 1024,
@@ -86,6 +104,8 @@ impl Default for SignalingConfig {
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
             outbound_queue: 256,
+            max_queued_bytes: 1024 * 1024,
+            write_timeout_ms: 10_000,
             read_buffer_bytes: 4096,
         }
     }

@@ -3,9 +3,10 @@
 //! [`crate::signaling::connection`]. Also owns the table of live connections (id -> outbound
 //! queue) through which the router's deliveries reach their targets.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -13,7 +14,7 @@ use shared::api::PresenceEvent;
 use shared::signaling::{IceServer, ServerMessage};
 use shared::ticket::{unix_now, SignalingClaims, TicketKey};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -48,13 +49,16 @@ const REASONS: [CloseReason; 8] = [
 ];
 
 impl Kill {
-    pub(crate) fn fire(&self, reason: CloseReason) {
+    /// Asks the connection to close; true if this was the first reason given (the one used).
+    pub(crate) fn fire(&self, reason: CloseReason) -> bool {
         let idx = REASONS.iter().position(|r| *r == reason).unwrap_or(0);
         // 0 means "not fired": store index + 1; the first reason wins.
-        let _ = self
+        let first = self
             .reason
-            .compare_exchange(0, idx as u8 + 1, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(0, idx as u8 + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
         self.notify.notify_one();
+        first
     }
 
     pub(crate) async fn fired(&self) -> CloseReason {
@@ -67,10 +71,78 @@ impl Kill {
     }
 }
 
+/// Concurrent connections per source IP. Only connected sources have an entry: the count is
+/// removed when it drops to zero, so a scan from many addresses leaves nothing behind. The lock
+/// is taken once per accepted TCP connection and once when it closes, never per message.
+#[derive(Debug)]
+pub(crate) struct PerIp {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for one more connection from `ip`, or None when it already has `max`.
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+
+    #[cfg(test)]
+    fn sources(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One connection's share of its source's count; released on drop.
+#[derive(Debug)]
+pub(crate) struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_ip.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What admitted a connection (its global and per-IP slots), held for its whole life.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    _global: OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
 /// A live connection as seen from other tasks.
 pub(crate) struct ConnHandle {
     pub(crate) tx: mpsc::Sender<Outbound>,
     pub(crate) kill: Arc<Kill>,
+    /// Bytes queued for the connection and not yet flushed to its socket.
+    pub(crate) queued: Arc<AtomicUsize>,
 }
 
 /// The signaling plane: router, live connections, config, metrics. Shared by all tasks.
@@ -91,6 +163,9 @@ pub struct Signaling {
     pub(crate) node_id: String,
     /// This process's incarnation in presence reports: unix ms at start.
     pub(crate) epoch_ms: u64,
+    per_ip: Arc<PerIp>,
+    /// `max_queued_bytes`, but never below one largest message (it must fit in the queue).
+    max_queued_bytes: usize,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -184,6 +259,8 @@ impl Signaling {
             limit: Arc::new(Semaphore::new(config.max_connections)),
             node_id,
             epoch_ms: super::presence::wall_ms(),
+            per_ip: PerIp::new(config.max_connections_per_ip),
+            max_queued_bytes: config.max_queued_bytes.max(config.max_message_bytes + 1024),
             shutdown: shutdown_rx,
             config,
         });
@@ -273,14 +350,31 @@ impl Signaling {
             return;
         };
         if let Some(h) = self.conns.get(&to) {
+            // Bytes, not only messages: 256 queued 64 KiB offers are 16 MiB, 256 candidates 50 KiB.
+            let len = text.len();
+            if h.queued.fetch_add(len, Ordering::Relaxed) + len > self.max_queued_bytes {
+                h.queued.fetch_sub(len, Ordering::Relaxed);
+                self.slow_consumer(&h.kill);
+                return;
+            }
             match h.tx.try_send(Outbound::Text(text.into())) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.metrics.slow_consumers_dropped.increment(1);
-                    h.kill.fire(CloseReason::SlowConsumer);
+                    h.queued.fetch_sub(len, Ordering::Relaxed);
+                    self.slow_consumer(&h.kill);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    h.queued.fetch_sub(len, Ordering::Relaxed);
+                }
             }
+        }
+    }
+
+    /// Drops a connection whose queue is full, counting it once (later messages for it that
+    /// find the queue full too are not more slow consumers).
+    fn slow_consumer(&self, kill: &Kill) {
+        if kill.fire(CloseReason::SlowConsumer) {
+            self.metrics.slow_consumers_dropped.increment(1);
         }
     }
 
@@ -320,9 +414,17 @@ async fn accept_loop(sig: Arc<Signaling>, listener: TcpListener) {
     loop {
         tokio::select! {
             res = listener.accept() => match res {
-                Ok((stream, peer)) => {
-                    tokio::spawn(upgrade(sig.clone(), stream, peer));
-                }
+                Ok((stream, peer)) => match sig.per_ip.try_acquire(peer.ip()) {
+                    Some(slot) => {
+                        tokio::spawn(upgrade(sig.clone(), stream, peer, slot));
+                    }
+                    None => {
+                        // Closed unread: answering would let a flooding source hold tasks.
+                        sig.metrics.rejected_per_ip.increment(1);
+                        tracing::debug!(%peer, "signaling connection over max_connections_per_ip");
+                        drop(stream);
+                    }
+                },
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "signaling accept failed");
@@ -366,7 +468,7 @@ fn host_only(host: &str) -> &str {
 
 // The handshake callback's error type is tungstenite's `ErrorResponse`.
 #[allow(clippy::result_large_err)]
-async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr) {
+async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr, ip_slot: IpSlot) {
     let _ = stream.set_nodelay(true);
     let local_ip = stream.local_addr().ok().map(|a| match a {
         SocketAddr::V4(v4) => v4.ip().to_string(),
@@ -379,6 +481,7 @@ async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr) {
             return Err(reject(StatusCode::NOT_FOUND, "signaling lives at /ws\n"));
         }
         if permit.is_none() {
+            sig.metrics.rejected_max_connections.increment(1);
             return Err(reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many connections\n",
@@ -404,7 +507,8 @@ async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr) {
         }
         Ok(resp)
     };
-    let timeout = Duration::from_secs(sig.config.auth_timeout_secs.max(1));
+    // One deadline for the whole upgrade, not per read: a client trickling bytes is cut too.
+    let timeout = Duration::from_millis(sig.config.handshake_timeout_ms.max(1));
     let accepted = tokio::time::timeout(
         timeout,
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(sig.ws_config)),
@@ -416,12 +520,20 @@ async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr) {
             tracing::debug!(%peer, error = %e, "signaling handshake failed");
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            sig.metrics.rejected_handshake_timeout.increment(1);
+            tracing::debug!(%peer, "signaling upgrade not completed within handshake_timeout_ms");
+            return;
+        }
     };
     let Some(permit) = permit else { return };
+    let admission = Admission {
+        _global: permit,
+        _ip: ip_slot,
+    };
     let host = up.host.or(local_ip).unwrap_or_else(|| "127.0.0.1".into());
     // A task of its own: the handshake's state is freed now, not kept for the connection's life.
-    tokio::spawn(super::connection::run(sig, ws, up.claims, host, permit));
+    tokio::spawn(super::connection::run(sig, ws, up.claims, host, admission));
 }
 
 #[cfg(test)]
@@ -447,10 +559,39 @@ mod tests {
     }
 
     #[test]
+    fn per_ip_caps_each_source_and_forgets_idle_ones() {
+        let per_ip = PerIp::new(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let a1 = per_ip.try_acquire(a).expect("first from a");
+        let a2 = per_ip.try_acquire(a).expect("second from a");
+        assert!(
+            per_ip.try_acquire(a).is_none(),
+            "third from a is over the cap"
+        );
+        // Other sources are not affected by a's count.
+        let b1 = per_ip.try_acquire(b).expect("first from b");
+        assert_eq!(per_ip.sources(), 2);
+        // A closed connection frees its slot.
+        drop(a1);
+        let a3 = per_ip.try_acquire(a).expect("a has a free slot again");
+        // Sources with no connection keep no state.
+        drop((a2, a3, b1));
+        assert_eq!(per_ip.sources(), 0);
+        // A cap of 0 refuses everyone without leaving an entry behind.
+        let none = PerIp::new(0);
+        assert!(none.try_acquire(a).is_none());
+        assert_eq!(none.sources(), 0);
+    }
+
+    #[test]
     fn kill_keeps_first_reason() {
         let k = Kill::default();
-        k.fire(CloseReason::Replaced);
-        k.fire(CloseReason::SlowConsumer);
+        assert!(k.fire(CloseReason::Replaced));
+        assert!(
+            !k.fire(CloseReason::SlowConsumer),
+            "only the first reason counts"
+        );
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
