@@ -37,6 +37,20 @@ impl Control {
             Db::Sqlite => format!("sqlite://{}/vc.db?mode=rwc", data.path().display()),
             Db::Postgres => fresh_postgres_url().await?,
         };
+        Self::start_in(data, db_url, secret, extra_env).await
+    }
+
+    /// Another instance on an existing database (several vc-control behind a load balancer).
+    pub async fn start_on(db_url: &str, secret: &str, extra_env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_in(tempfile::tempdir()?, db_url.to_owned(), secret, extra_env).await
+    }
+
+    async fn start_in(
+        data: tempfile::TempDir,
+        db_url: String,
+        secret: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<Self> {
         let data_dir = data.path().display().to_string();
         let mut env = vec![
             ("VC_LISTEN", "127.0.0.1:0"),

@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use futures_util::SinkExt;
-use reqwest::{Client, Method, StatusCode};
-use serde_json::{json, Value};
-use shared::api::{ActivateResponse, TicketResponse};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
 use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
 use shared::ticket::{unix_now, Role, TicketKey};
 use shared::Secret;
@@ -16,166 +15,18 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use uuid::Uuid;
 use vc_tests::signaling_client::{cand, closed, expect_error, recv, send, ws_connect, Ws, STEP};
-use vc_tests::{start, Running};
+use vc_tests::stack::{Control, Db};
+use vc_tests::Running;
 
 const SECRET: &str = "signaling-test-ticket-secret";
 
-struct Control {
-    _running: Running,
-    base: String,
-    http: Client,
-    _data: tempfile::TempDir,
-}
-
-impl Control {
-    async fn start() -> Result<Self> {
-        let data = tempfile::tempdir()?;
-        let url = format!("sqlite://{}/vc.db?mode=rwc", data.path().display());
-        let data_dir = data.path().display().to_string();
-        let running = start(
-            "vc-control",
-            &[],
-            &[
-                ("VC_LISTEN", "127.0.0.1:0"),
-                ("VC_DATABASE_URL", url.as_str()),
-                ("VC_DATA_DIR", data_dir.as_str()),
-                ("VC_TICKET_SECRET", SECRET),
-                ("VC_ARGON2__MEMORY_KIB", "1024"),
-                ("VC_ARGON2__ITERATIONS", "1"),
-                ("RUST_LOG", "warn"),
-            ],
-        )
-        .await?;
-        Ok(Self {
-            base: running.url("http"),
-            _running: running,
-            http: Client::builder().timeout(Duration::from_secs(20)).build()?,
-            _data: data,
-        })
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        jwt: Option<&str>,
-        body: Option<Value>,
-    ) -> Result<(StatusCode, Value)> {
-        vc_tests::api_call(&self.http, &self.base, method, path, jwt, body).await
-    }
-
-    async fn user(&self, email: &str) -> Result<String> {
-        let creds = json!({"email": email, "password": "password123"});
-        let (s, v) = self
-            .call(Method::POST, "/api/register", None, Some(creds.clone()))
-            .await?;
-        ensure!(s == StatusCode::CREATED, "register {s} {v}");
-        let (s, v) = self
-            .call(Method::POST, "/api/login", None, Some(creds))
-            .await?;
-        ensure!(s == StatusCode::OK, "login {s} {v}");
-        Ok(v["access_token"].as_str().context("jwt")?.to_owned())
-    }
-
-    /// Onboards and activates a camera; returns `(device_id, device_secret)`.
-    async fn camera(&self, jwt: &str, uid: &str) -> Result<(Uuid, String)> {
-        let (s, ob) = self
-            .call(
-                Method::POST,
-                "/api/camera/onboard",
-                Some(jwt),
-                Some(
-                    json!({"camera_model": "CP_PLUS_WIFI_V2", "wifi_ssid": "HomeNet",
-                            "wifi_password": "wifi-pass-123", "device_name": uid}),
-                ),
-            )
-            .await?;
-        ensure!(s == StatusCode::CREATED, "onboard {s} {ob}");
-        let (s, v) = self
-            .call(
-                Method::POST,
-                "/api/camera/activate",
-                None,
-                Some(
-                    json!({"device_token": ob["device_token"], "device_uid": uid,
-                            "camera_model": "CP_PLUS_WIFI_V2"}),
-                ),
-            )
-            .await?;
-        ensure!(s == StatusCode::OK, "activate {s} {v}");
-        let act: ActivateResponse = serde_json::from_value(v)?;
-        Ok((act.device_id, act.device_secret))
-    }
-
-    async fn camera_ticket(&self, device: Uuid, secret: &str) -> Result<TicketResponse> {
-        let (s, v) = self
-            .call(
-                Method::POST,
-                "/api/relay/ticket",
-                None,
-                Some(json!({"device_id": device, "device_secret": secret})),
-            )
-            .await?;
-        ensure!(s == StatusCode::OK, "camera ticket {s} {v}");
-        Ok(serde_json::from_value(v)?)
-    }
-
-    async fn viewer_ticket(&self, jwt: &str, device: Uuid) -> Result<TicketResponse> {
-        let (s, v) = self
-            .call(
-                Method::POST,
-                "/api/relay/ticket",
-                Some(jwt),
-                Some(json!({"device_id": device})),
-            )
-            .await?;
-        ensure!(s == StatusCode::OK, "viewer ticket {s} {v}");
-        Ok(serde_json::from_value(v)?)
-    }
-
-    /// The device as `GET /api/camera/devices` lists it.
-    async fn listed(&self, jwt: &str, device: Uuid) -> Result<Value> {
-        let (s, v) = self
-            .call(Method::GET, "/api/camera/devices", Some(jwt), None)
-            .await?;
-        ensure!(s == StatusCode::OK, "devices {s} {v}");
-        v.as_array()
-            .context("device list")?
-            .iter()
-            .find(|d| d["id"] == device.to_string())
-            .cloned()
-            .context("device not listed")
-    }
-
-    /// Waits until the device list shows `status`; returns how long it took.
-    async fn wait_status(&self, jwt: &str, device: Uuid, status: &str) -> Result<Duration> {
-        let t0 = Instant::now();
-        loop {
-            let d = self.listed(jwt, device).await?;
-            if d["status"] == status {
-                return Ok(t0.elapsed());
-            }
-            if t0.elapsed() > Duration::from_secs(5) {
-                bail!("device {device} did not become {status}: {d}");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
 async fn start_relay(control_url: &str, extra: &[(&str, &str)]) -> Result<Running> {
     let mut env = vec![
-        ("VC_TICKET_SECRET", SECRET),
-        ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
-        ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
-        ("VC_SIGNALING__CONTROL_URL", control_url),
         ("VC_SIGNALING__AUTH_TIMEOUT_SECS", "1"),
-        ("VC_TURN__LISTEN", "127.0.0.1:0"),
         ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
-        ("RUST_LOG", "warn"),
     ];
     env.extend_from_slice(extra);
-    start("vc-relay", &[], &env).await
+    vc_tests::stack::start_relay(SECRET, control_url, &env).await
 }
 
 /// HTTP status of a refused upgrade.
@@ -213,7 +64,7 @@ async fn welcome(ws: &mut Ws) -> Result<(Role, Option<Uuid>, Vec<shared::signali
 
 #[tokio::test]
 async fn signaling_end_to_end() -> Result<()> {
-    let control = Control::start().await?;
+    let control = Control::start(Db::Sqlite, SECRET, &[]).await?;
     let relay = start_relay(&control.base, &[]).await?;
     let ws_base = format!("ws://{}/ws", relay.addr("signaling"));
     let key = TicketKey::new(&Secret::new(SECRET));
