@@ -226,8 +226,10 @@ async fn two_controls_two_relays_one_fleet() -> Result<()> {
     // cleanly, not hung.
     send(&mut viewer_a, &ClientMessage::Connect { device_id: dev }).await?;
     match recv(&mut viewer_a).await? {
-        ServerMessage::Error { code, .. }
-            if matches!(code, ErrorCode::CameraOffline | ErrorCode::Unavailable) => {}
+        ServerMessage::Error {
+            code: ErrorCode::CameraOffline | ErrorCode::Unavailable,
+            ..
+        } => {}
         ServerMessage::Bye { .. } => {}
         other => bail!("expected the camera offline, got {other:?}"),
     }
