@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use shared::Secret;
 
+use crate::limiter::Cidr;
+
 /// Everything vc-control can be told. Every limit and TTL of the API is a named setting here.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -29,10 +31,24 @@ pub struct Config {
     pub device_token_ttl_secs: u64,
     /// Lifetime of relay tickets (TURN credentials and signaling tokens), seconds.
     pub ticket_ttl_secs: u64,
-    /// Failed logins allowed per email + client IP within `login_window_secs` before 429.
+    /// Failed logins allowed per email + client within `login_window_secs` before 429.
+    /// A client is an IPv4 address or an IPv6 /64.
     pub login_max_failures: u32,
-    /// Window of the failed-login limit, seconds.
+    /// Failed logins allowed per email (from all clients together) per window: bounds a
+    /// distributed guess at one account.
+    pub login_account_max_failures: u32,
+    /// Failed logins allowed per client (over all emails) per window: bounds one client
+    /// spraying many accounts.
+    pub login_client_max_failures: u32,
+    /// Window of the failed-login limits, seconds.
     pub login_window_secs: u64,
+    /// Registrations allowed per client within `register_window_secs` before 429.
+    pub register_max_per_client: u32,
+    /// Window of the registration limit, seconds.
+    pub register_window_secs: u64,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed. Empty (default):
+    /// the header is ignored and the TCP peer is the client. Localhost is not implied.
+    pub trusted_proxies: Vec<Cidr>,
     /// Largest accepted request body, bytes (larger -> 413).
     pub max_body_bytes: usize,
     /// Minimum password length at registration.
@@ -83,7 +99,12 @@ impl Default for Config {
             device_token_ttl_secs: 600,
             ticket_ttl_secs: 600,
             login_max_failures: 10,
+            login_account_max_failures: 50,
+            login_client_max_failures: 100,
             login_window_secs: 60,
+            register_max_per_client: 10,
+            register_window_secs: 3600,
+            trusted_proxies: Vec::new(),
             max_body_bytes: 64 * 1024,
             password_min_len: 8,
             check_status_max_wait_secs: 60,

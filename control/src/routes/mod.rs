@@ -99,10 +99,26 @@ pub fn authorization() -> impl Filter<Extract = (Option<String>,), Error = Infal
         .or_else(|_| async { Ok::<_, Infallible>((None,)) })
 }
 
-/// The client's IP address.
-pub fn client_ip() -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clone {
+/// The client's IP address: the TCP peer, or what a trusted proxy forwarded
+/// (see [`crate::limiter::client_ip`]).
+pub fn client_ip(ctx: &Ctx) -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clone {
+    let ctx = ctx.clone();
     warp::addr::remote()
-        .map(|addr: Option<SocketAddr>| addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()))
+        .and(warp::header::headers_cloned())
+        .map(
+            move |addr: Option<SocketAddr>, headers: warp::http::HeaderMap| {
+                let peer = addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+                if ctx.config.trusted_proxies.is_empty() {
+                    return peer;
+                }
+                let forwarded: Vec<&str> = headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                crate::limiter::client_ip(peer, &forwarded, &ctx.config.trusted_proxies)
+            },
+        )
 }
 
 /// The request body, read up to `limit` bytes (larger -> 413). A body somewhat over the

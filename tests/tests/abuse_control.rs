@@ -1,0 +1,190 @@
+//! Abuse of vc-control's API (issue 11): parallel password guessing, address rotation,
+//! forged `X-Forwarded-For`, registration floods. Each test starts the real binary through
+//! the harness and fails without the defence it names.
+
+use anyhow::{ensure, Context, Result};
+use reqwest::StatusCode;
+use serde_json::json;
+use vc_tests::control::{code, start_control, Control, Db};
+
+const PASSWORD: &str = "password123";
+
+/// One login attempt with an optional `X-Forwarded-For`; the status and error code.
+async fn login(c: &Control, email: &str, password: &str, xff: Option<&str>) -> Result<StatusCode> {
+    let mut req = c
+        .http
+        .post(format!("{}/api/login", c.base))
+        .json(&json!({"email": email, "password": password}));
+    if let Some(x) = xff {
+        req = req.header("x-forwarded-for", x);
+    }
+    let res = req.send().await?;
+    let status = res.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry: u64 = res
+            .headers()
+            .get("retry-after")
+            .context("429 without Retry-After")?
+            .to_str()?
+            .parse()?;
+        ensure!(retry >= 1, "retry-after {retry}");
+        let v: serde_json::Value = res.json().await?;
+        ensure!(code(&v) == "rate_limited", "{v}");
+    }
+    Ok(status)
+}
+
+async fn register(c: &Control, email: &str) -> Result<StatusCode> {
+    let (s, _) = c
+        .post(
+            "/api/register",
+            None,
+            json!({"email": email, "password": PASSWORD}),
+        )
+        .await?;
+    Ok(s)
+}
+
+/// 30 wrong passwords at once for one account: the attempts are reserved before argon2
+/// runs, so at most `login_max_failures` of them get an answer other than 429 (with the
+/// old check-then-record limiter all 30 reached the password check).
+async fn concurrent_guesses(db: Db) -> Result<()> {
+    let c = start_control(db, &[("VC_LOGIN_MAX_FAILURES", "5")]).await?;
+    ensure!(register(&c, "victim@example.com").await? == StatusCode::CREATED);
+    let guesses = (0..30).map(|i| {
+        let c = &c;
+        async move { login(c, "victim@example.com", &format!("guess-{i:04}"), None).await }
+    });
+    let answers = futures_util::future::try_join_all(guesses).await?;
+    let passed = answers
+        .iter()
+        .filter(|s| **s != StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    ensure!(
+        passed <= 5,
+        "{passed} of 30 guesses reached the password check"
+    );
+    ensure!(
+        answers
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS),
+        "{answers:?}"
+    );
+    // Even the right password waits out the window now.
+    ensure!(
+        login(&c, "victim@example.com", PASSWORD, None).await? == StatusCode::TOO_MANY_REQUESTS
+    );
+    c.running.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_concurrent_guesses_are_limited() -> Result<()> {
+    concurrent_guesses(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_concurrent_guesses_are_limited() -> Result<()> {
+    concurrent_guesses(Db::Postgres).await
+}
+
+/// Behind a trusted proxy, a client rotating addresses inside its IPv6 /64 is still one
+/// client; another /64 is another client. (The proxy is the test itself on 127.0.0.1.)
+#[tokio::test]
+async fn ipv6_rotation_within_a_64_does_not_bypass() -> Result<()> {
+    let c = start_control(
+        Db::Sqlite,
+        &[
+            ("VC_LOGIN_MAX_FAILURES", "3"),
+            ("VC_TRUSTED_PROXIES", "[\"127.0.0.1/32\"]"),
+        ],
+    )
+    .await?;
+    ensure!(register(&c, "v6@example.com").await? == StatusCode::CREATED);
+    let mut answers = Vec::new();
+    for i in 1..=8 {
+        let xff = format!("2001:db8:1:2::{i:x}, 2001:db8:1:2:{i:x}::9");
+        answers.push(login(&c, "v6@example.com", "wrong-password", Some(&xff)).await?);
+    }
+    let expected: Vec<StatusCode> = [StatusCode::UNAUTHORIZED; 3]
+        .into_iter()
+        .chain([StatusCode::TOO_MANY_REQUESTS; 5])
+        .collect();
+    ensure!(answers == expected, "{answers:?}");
+    // The header is believed from the trusted proxy: another /64 has its own budget.
+    let other = login(&c, "v6@example.com", PASSWORD, Some("2001:db8:1:3::1")).await?;
+    ensure!(other == StatusCode::OK, "another /64: {other}");
+    c.running.terminate().await?;
+    Ok(())
+}
+
+/// By default no proxy is trusted (not even localhost): a forged `X-Forwarded-For` per
+/// request gives no fresh budget.
+#[tokio::test]
+async fn forwarded_for_is_ignored_unless_the_proxy_is_trusted() -> Result<()> {
+    let c = start_control(Db::Sqlite, &[("VC_LOGIN_MAX_FAILURES", "3")]).await?;
+    ensure!(register(&c, "xff@example.com").await? == StatusCode::CREATED);
+    let mut answers = Vec::new();
+    for i in 1..=6 {
+        let xff = format!("198.51.100.{i}");
+        answers.push(login(&c, "xff@example.com", "wrong-password", Some(&xff)).await?);
+    }
+    let limited = answers
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    ensure!(limited == 3, "{answers:?}");
+    c.running.terminate().await?;
+    Ok(())
+}
+
+/// Guesses at one account spread over many clients hit the per-account limit.
+#[tokio::test]
+async fn distributed_guesses_hit_the_account_limit() -> Result<()> {
+    let c = start_control(
+        Db::Sqlite,
+        &[
+            ("VC_LOGIN_ACCOUNT_MAX_FAILURES", "4"),
+            ("VC_TRUSTED_PROXIES", "[\"127.0.0.1/32\"]"),
+        ],
+    )
+    .await?;
+    ensure!(register(&c, "spread@example.com").await? == StatusCode::CREATED);
+    let mut answers = Vec::new();
+    for i in 1..=6 {
+        let xff = format!("203.0.113.{i}");
+        answers.push(login(&c, "spread@example.com", "wrong-password", Some(&xff)).await?);
+    }
+    let limited = answers
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    ensure!(limited == 2, "{answers:?}");
+    c.running.terminate().await?;
+    Ok(())
+}
+
+/// Registrations are limited per client (each costs an argon2 hash and a row).
+#[tokio::test]
+async fn registration_is_limited_per_client() -> Result<()> {
+    let c = start_control(Db::Sqlite, &[("VC_REGISTER_MAX_PER_CLIENT", "3")]).await?;
+    let mut answers = Vec::new();
+    for i in 0..5 {
+        answers.push(register(&c, &format!("bulk{i}@example.com")).await?);
+    }
+    let expected: Vec<StatusCode> = [StatusCode::CREATED; 3]
+        .into_iter()
+        .chain([StatusCode::TOO_MANY_REQUESTS; 2])
+        .collect();
+    ensure!(answers == expected, "{answers:?}");
+    let res = c
+        .http
+        .post(format!("{}/api/register", c.base))
+        .json(&json!({"email": "bulk9@example.com", "password": PASSWORD}))
+        .send()
+        .await?;
+    ensure!(res.status() == StatusCode::TOO_MANY_REQUESTS);
+    ensure!(res.headers().contains_key("retry-after"), "no Retry-After");
+    c.running.terminate().await?;
+    Ok(())
+}
