@@ -49,6 +49,9 @@ pub struct Config {
     /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed. Empty (default):
     /// the header is ignored and the TCP peer is the client. Localhost is not implied.
     pub trusted_proxies: Vec<Cidr>,
+    /// Cameras (pending or activated) one account may have; onboarding beyond -> 409
+    /// `camera_limit`. Bounds what one account can hold on the relay too.
+    pub max_cameras_per_account: u32,
     /// Largest accepted request body, bytes (larger -> 413).
     pub max_body_bytes: usize,
     /// Minimum password length at registration.
@@ -105,6 +108,7 @@ impl Default for Config {
             register_max_per_client: 10,
             register_window_secs: 3600,
             trusted_proxies: Vec::new(),
+            max_cameras_per_account: 100,
             max_body_bytes: 64 * 1024,
             password_min_len: 8,
             check_status_max_wait_secs: 60,

@@ -188,3 +188,44 @@ async fn registration_is_limited_per_client() -> Result<()> {
     c.running.terminate().await?;
     Ok(())
 }
+
+/// One account cannot pile up cameras (each can hold relay capacity): 8 concurrent
+/// onboardings with `max_cameras_per_account` 3 create exactly 3; another account is
+/// unaffected.
+async fn camera_cap(db: Db) -> Result<()> {
+    let c = start_control(db, &[("VC_MAX_CAMERAS_PER_ACCOUNT", "3")]).await?;
+    let jwt = c.user("hoarder@example.com").await?;
+    let body = json!({"camera_model": "CP_PLUS_WIFI_V2", "wifi_ssid": "HomeNet", "wifi_password": "wifi-pass-123"});
+    let tries = (0..8).map(|_| c.post("/api/camera/onboard", Some(&jwt), body.clone()));
+    let answers = futures_util::future::try_join_all(tries).await?;
+    let created = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    ensure!(created == 3, "{created} created: {answers:?}");
+    for (s, v) in answers.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
+        ensure!(
+            *s == StatusCode::CONFLICT && code(v) == "camera_limit",
+            "{s} {v}"
+        );
+    }
+    let (s, v) = c.get("/api/camera/devices", Some(&jwt)).await?;
+    ensure!(
+        s == StatusCode::OK && v.as_array().map(Vec::len) == Some(3),
+        "{s} {v}"
+    );
+    let other = c.user("modest@example.com").await?;
+    c.onboard(&other, "Porch").await?;
+    c.running.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_camera_cap_per_account() -> Result<()> {
+    camera_cap(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_camera_cap_per_account() -> Result<()> {
+    camera_cap(Db::Postgres).await
+}
