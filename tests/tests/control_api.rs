@@ -383,19 +383,23 @@ async fn full_flow(db: Db) -> Result<()> {
     let t: TicketResponse = serde_json::from_value(v)?;
     let now = shared::ticket::unix_now();
     key.verify_turn_credentials(&t.turn.username, &t.turn.credential, now)?;
-    ensure!(
-        t.turn.username.ends_with(&format!(":{device_id}"))
-            && t.turn.ttl == 600
-            && t.turn.uris.len() == 2,
-        "{:?}",
-        t.turn
-    );
     let claims = key.verify_signaling(&t.signaling.token, now)?;
     ensure!(
         claims.role == Role::Camera
             && claims.devices == vec![device_id]
             && claims.sub == device_id.to_string(),
         "{claims:?}"
+    );
+    // The owner rides along (TURN quota per account); the subject stays the device.
+    let camera_account = claims.account.clone().context("camera ticket account")?;
+    ensure!(
+        t.turn
+            .username
+            .ends_with(&format!(":{device_id}:{camera_account}"))
+            && t.turn.ttl == 600
+            && t.turn.uris.len() == 2,
+        "{:?}",
+        t.turn
     );
     ensure!(t.signaling.url == "ws://relay.test/ws", "signaling url");
     ensure!(
@@ -416,8 +420,11 @@ async fn full_flow(db: Db) -> Result<()> {
     let t: TicketResponse = serde_json::from_value(v)?;
     let claims = key.verify_signaling(&t.signaling.token, now)?;
     ensure!(
-        claims.role == Role::Viewer && claims.devices == vec![device_id],
-        "{claims:?}"
+        claims.role == Role::Viewer
+            && claims.devices == vec![device_id]
+            && claims.account.as_deref() == Some(claims.sub.as_str())
+            && claims.sub == camera_account,
+        "{claims:?} (camera account {camera_account})"
     );
     key.verify_turn_credentials(&t.turn.username, &t.turn.credential, now)?;
     let (s, _) = c
