@@ -52,6 +52,11 @@ pub struct Config {
     /// Cameras (pending or activated) one account may have; onboarding beyond -> 409
     /// `camera_limit`. Bounds what one account can hold on the relay too.
     pub max_cameras_per_account: u32,
+    /// After a camera's first successful activation, a retry without its device secret is
+    /// accepted only this many seconds (and only while the secret is unused): long enough
+    /// for a camera whose answer was lost, short enough that a leaked QR code cannot
+    /// replace the real camera's secret later.
+    pub activation_retry_window_secs: u64,
     /// Largest accepted request body, bytes (larger -> 413).
     pub max_body_bytes: usize,
     /// Minimum password length at registration.
@@ -109,6 +114,7 @@ impl Default for Config {
             register_window_secs: 3600,
             trusted_proxies: Vec::new(),
             max_cameras_per_account: 100,
+            activation_retry_window_secs: 30,
             max_body_bytes: 64 * 1024,
             password_min_len: 8,
             check_status_max_wait_secs: 60,

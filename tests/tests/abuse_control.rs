@@ -229,3 +229,91 @@ async fn sqlite_camera_cap_per_account() -> Result<()> {
 async fn postgres_camera_cap_per_account() -> Result<()> {
     camera_cap(Db::Postgres).await
 }
+
+/// Status of a camera ticket request with `secret`: proves which secret is stored.
+async fn camera_ticket(c: &Control, device_id: &str, secret: &str) -> Result<StatusCode> {
+    let (s, _) = c
+        .post(
+            "/api/relay/ticket",
+            None,
+            json!({"device_id": device_id, "device_secret": secret}),
+        )
+        .await?;
+    Ok(s)
+}
+
+async fn activate_with(
+    c: &Control,
+    token: &str,
+    uid: &str,
+    secret: Option<&str>,
+) -> Result<(StatusCode, serde_json::Value)> {
+    let mut body =
+        json!({"device_token": token, "device_uid": uid, "camera_model": "CP_PLUS_WIFI_V2"});
+    if let Some(s) = secret {
+        body["device_secret"] = json!(s);
+    }
+    c.post("/api/camera/activate", None, body).await
+}
+
+/// Someone with the QR code and the camera's uid retries the activation after the retry
+/// window: refused, and the real camera's secret still works. The real camera, presenting
+/// its secret, may still retry.
+#[tokio::test]
+async fn late_activation_retry_needs_the_device_secret() -> Result<()> {
+    let c = start_control(Db::Sqlite, &[("VC_ACTIVATION_RETRY_WINDOW_SECS", "1")]).await?;
+    let jwt = c.user("owner@example.com").await?;
+    let ob = c.onboard(&jwt, "Hall").await?;
+    let token = ob["device_token"].as_str().context("token")?;
+    let (s, v) = activate_with(&c, token, "CAM-REAL", None).await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    let device_id = v["device_id"].as_str().context("device_id")?.to_owned();
+    let real = v["device_secret"].as_str().context("secret")?.to_owned();
+
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (s, v) = activate_with(&c, token, "CAM-REAL", None).await?;
+    ensure!(
+        s == StatusCode::CONFLICT && code(&v) == "activation_locked",
+        "late retry without secret: {s} {v}"
+    );
+    let forged = "A".repeat(43);
+    let (s, v) = activate_with(&c, token, "CAM-REAL", Some(&forged)).await?;
+    ensure!(
+        s == StatusCode::UNAUTHORIZED && code(&v) == "invalid_device_credentials",
+        "late retry with a wrong secret: {s} {v}"
+    );
+    ensure!(camera_ticket(&c, &device_id, &real).await? == StatusCode::OK);
+
+    // The real camera proves itself: a fresh secret replaces the one it presented.
+    let (s, v) = activate_with(&c, token, "CAM-REAL", Some(&real)).await?;
+    ensure!(s == StatusCode::OK, "retry with the secret: {s} {v}");
+    let fresh = v["device_secret"].as_str().context("secret")?;
+    ensure!(v["device_id"] == device_id.as_str() && fresh != real, "{v}");
+    ensure!(camera_ticket(&c, &device_id, fresh).await? == StatusCode::OK);
+    ensure!(camera_ticket(&c, &device_id, &real).await? == StatusCode::UNAUTHORIZED);
+    c.running.terminate().await?;
+    Ok(())
+}
+
+/// Inside the retry window, but after the camera used its secret (it got its answer and
+/// fetched a relay ticket): a secretless retry is refused too.
+#[tokio::test]
+async fn activation_retry_after_the_secret_was_used_is_refused() -> Result<()> {
+    let c = start_control(Db::Postgres, &[]).await?;
+    let jwt = c.user("owner2@example.com").await?;
+    let ob = c.onboard(&jwt, "Yard").await?;
+    let token = ob["device_token"].as_str().context("token")?;
+    let (s, v) = activate_with(&c, token, "CAM-YARD", None).await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    let device_id = v["device_id"].as_str().context("device_id")?.to_owned();
+    let real = v["device_secret"].as_str().context("secret")?.to_owned();
+    ensure!(camera_ticket(&c, &device_id, &real).await? == StatusCode::OK);
+    let (s, v) = activate_with(&c, token, "CAM-YARD", None).await?;
+    ensure!(
+        s == StatusCode::CONFLICT && code(&v) == "activation_locked",
+        "{s} {v}"
+    );
+    ensure!(camera_ticket(&c, &device_id, &real).await? == StatusCode::OK);
+    c.running.terminate().await?;
+    Ok(())
+}

@@ -112,7 +112,17 @@ async fn authenticate_camera(
         None => (None, String::new()),
     };
     match stored {
-        Some(hash) if secret.matches(&hash) => Ok(owner),
+        Some(hash) if secret.matches(&hash) => {
+            // From now on an activation retry must present the secret (see activation).
+            sqlx::query(
+                "UPDATE devices SET secret_used_at = $1 WHERE id = $2 AND secret_used_at IS NULL",
+            )
+            .bind(super::now_secs())
+            .bind(device.to_string())
+            .execute(&ctx.db.pool)
+            .await?;
+            Ok(owner)
+        }
         _ => Err(denied()),
     }
 }
