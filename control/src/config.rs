@@ -72,6 +72,20 @@ pub struct Config {
     pub pending_retention_secs: u64,
     pub relay: RelayConfig,
     pub argon2: Argon2Config,
+    pub http: HttpConfig,
+}
+
+/// Connection limits of the HTTP listener (slowloris and idle-socket floods).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// A client must send a request's whole header within this many seconds.
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request in flight that moves no bytes this long is closed.
+    /// (For HTTP/1, hyper's header timer also runs while waiting for the next request.)
+    pub keep_alive_idle_secs: u64,
+    /// Open connections at most; further ones are closed at once.
+    pub max_connections: u32,
 }
 
 /// Where cameras and viewers find vc-relay.
@@ -123,6 +137,17 @@ impl Default for Config {
             pending_retention_secs: 24 * 3600,
             relay: RelayConfig::default(),
             argon2: Argon2Config::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            keep_alive_idle_secs: 60,
+            max_connections: 10_000,
         }
     }
 }

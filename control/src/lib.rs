@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod limiter;
 pub mod qr;
 pub mod routes;
@@ -104,11 +105,8 @@ pub async fn serve(
 ) {
     let sweeper = tokio::spawn(sweep_expired_pending(app.clone()));
     let pruner = tokio::spawn(prune_rate_limits(app.clone()));
-    warp::serve(routes::all(app))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let http = app.config.http.clone();
+    http::serve(listener, routes::all(app), &http, shutdown).await;
     sweeper.abort();
     pruner.abort();
 }

@@ -317,3 +317,100 @@ async fn activation_retry_after_the_secret_was_used_is_refused() -> Result<()> {
     c.running.terminate().await?;
     Ok(())
 }
+
+/// Reads `stream` until the server closes it (EOF or reset); how long that took.
+async fn time_until_closed(
+    stream: &mut tokio::net::tcp::OwnedReadHalf,
+    limit: std::time::Duration,
+) -> Result<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(start.elapsed()), stream.read(&mut buf))
+            .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(start.elapsed()),
+            Ok(Ok(_)) => {} // e.g. a 408 before the close
+            Err(_) => anyhow::bail!("connection still open after {limit:?}"),
+        }
+    }
+}
+
+/// Slowloris: a client sending its headers a byte every 200 ms is cut off after
+/// `header_read_timeout_secs` (warp's own server never cut it off).
+#[tokio::test]
+async fn slow_headers_are_cut_off() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let c = start_control(Db::Sqlite, &[("VC_HTTP__HEADER_READ_TIMEOUT_SECS", "1")]).await?;
+    let stream = tokio::net::TcpStream::connect(c.running.addr("http")).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    let dribble = tokio::spawn(async move {
+        let head = b"GET /api/camera/models HTTP/1.1\r\nHost: control.test\r\nX-Slow: ";
+        let _ = wr.write_all(head).await;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if wr.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    let took = time_until_closed(&mut rd, std::time::Duration::from_secs(6)).await?;
+    dribble.abort();
+    ensure!(
+        took < std::time::Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    // A normal client is served as before.
+    let (s, _) = c.get("/api/camera/models", None).await?;
+    ensure!(s == StatusCode::OK, "{s}");
+    c.running.terminate().await?;
+    Ok(())
+}
+
+/// A connection that never sends a request is closed after `keep_alive_idle_secs`.
+#[tokio::test]
+async fn idle_connections_are_closed() -> Result<()> {
+    let c = start_control(Db::Sqlite, &[("VC_HTTP__KEEP_ALIVE_IDLE_SECS", "1")]).await?;
+    let stream = tokio::net::TcpStream::connect(c.running.addr("http")).await?;
+    let (mut rd, _wr) = stream.into_split();
+    let took = time_until_closed(&mut rd, std::time::Duration::from_secs(6)).await?;
+    ensure!(
+        took >= std::time::Duration::from_millis(800) && took < std::time::Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    c.running.terminate().await?;
+    Ok(())
+}
+
+/// Beyond `max_connections` a connection is closed at once; a freed slot serves again.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed() -> Result<()> {
+    let c = start_control(Db::Sqlite, &[("VC_HTTP__MAX_CONNECTIONS", "2")]).await?;
+    let addr = c.running.addr("http").to_owned();
+    let held = [
+        tokio::net::TcpStream::connect(&addr).await?,
+        tokio::net::TcpStream::connect(&addr).await?,
+    ];
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let third = tokio::net::TcpStream::connect(&addr).await?;
+    let (mut rd, _wr) = third.into_split();
+    let took = time_until_closed(&mut rd, std::time::Duration::from_secs(3)).await?;
+    ensure!(
+        took < std::time::Duration::from_secs(1),
+        "closed after {took:?}"
+    );
+    drop(held);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match c.get("/api/camera/models", None).await {
+            Ok((s, _)) if s == StatusCode::OK => break,
+            other if tokio::time::Instant::now() > deadline => {
+                anyhow::bail!("no slot freed: {other:?}")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    c.running.terminate().await?;
+    Ok(())
+}

@@ -13,7 +13,7 @@ pub mod static_files;
 pub mod tickets;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -103,11 +103,11 @@ pub fn authorization() -> impl Filter<Extract = (Option<String>,), Error = Infal
 /// (see [`crate::limiter::client_ip`]).
 pub fn client_ip(ctx: &Ctx) -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clone {
     let ctx = ctx.clone();
-    warp::addr::remote()
+    warp::ext::optional::<crate::http::PeerAddr>()
         .and(warp::header::headers_cloned())
         .map(
-            move |addr: Option<SocketAddr>, headers: warp::http::HeaderMap| {
-                let peer = addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+            move |addr: Option<crate::http::PeerAddr>, headers: warp::http::HeaderMap| {
+                let peer = addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0.ip());
                 if ctx.config.trusted_proxies.is_empty() {
                     return peer;
                 }
