@@ -188,4 +188,40 @@ mod tests {
         c.jwt_secret = Secret::new("hunter2hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
     }
+
+    #[test]
+    fn abuse_limits_have_defaults_and_load_from_a_file() {
+        let c = Config::default();
+        assert!(c.trusted_proxies.is_empty(), "no proxy trusted by default");
+        assert_eq!(
+            (c.max_cameras_per_account, c.activation_retry_window_secs),
+            (100, 30)
+        );
+        assert_eq!(
+            (
+                c.http.header_read_timeout_secs,
+                c.http.keep_alive_idle_secs,
+                c.http.max_connections
+            ),
+            (10, 60, 10_000)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n[http]\nmax_connections = 5\n",
+        )
+        .unwrap();
+        let c: Config =
+            shared::config::load_with_env(Some(&path), "VC_CONTROL_UNIT_TEST_FILE_").unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.trusted_proxies[0].contains("10.9.8.7".parse().unwrap()));
+        assert_eq!(c.http.max_connections, 5);
+        assert_eq!(c.http.header_read_timeout_secs, 10);
+        std::fs::write(&path, "trusted_proxies = [\"10.0.0.0/40\"]\n").unwrap();
+        assert!(
+            shared::config::load_with_env::<Config>(Some(&path), "VC_CONTROL_UNIT_TEST_FILE_")
+                .is_err()
+        );
+    }
 }
