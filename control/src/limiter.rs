@@ -102,6 +102,18 @@ pub fn client_key(ip: IpAddr) -> String {
     }
 }
 
+/// An email as part of a bucket name. Logins take any string as the email (an unparsable
+/// one just fails), so a long one is hashed: rows stay small whatever a client sends.
+pub fn email_key(email: &str) -> String {
+    // 254: the longest valid address (RFC 5321 path limit).
+    if email.len() <= 254 {
+        email.to_owned()
+    } else {
+        let digest = ring::digest::digest(&ring::digest::SHA256, email.as_bytes());
+        format!("sha256:{}", hex::encode(digest.as_ref()))
+    }
+}
+
 /// The client's address: the TCP peer, unless the peer is a trusted proxy; then the
 /// right-most address in `X-Forwarded-For` that is not a trusted proxy (addresses left of
 /// it were written by the client and prove nothing).
@@ -260,6 +272,16 @@ mod tests {
         assert_eq!(l.prune(1_110, 60).await.unwrap(), 1);
         // A pruned bucket starts afresh.
         l.reserve("b", limit, 1_110).await.unwrap();
+    }
+
+    #[test]
+    fn long_emails_are_hashed_in_bucket_names() {
+        assert_eq!(email_key("a@b.cd"), "a@b.cd");
+        let long = "x".repeat(60_000);
+        let key = email_key(&long);
+        assert!(key.starts_with("sha256:") && key.len() == 71, "{key}");
+        assert_eq!(key, email_key(&long));
+        assert_ne!(key, email_key(&"y".repeat(60_000)));
     }
 
     #[test]

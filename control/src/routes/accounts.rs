@@ -19,7 +19,7 @@ use super::{
 use crate::db::is_unique_violation;
 use crate::domain::{Email, Password};
 use crate::error::ApiError;
-use crate::limiter::{client_key, Limit};
+use crate::limiter::{client_key, email_key, Limit};
 
 /// Registration and login body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -188,6 +188,7 @@ pub async fn login(
 /// eat the account's budget.
 async fn reserve_login(ctx: &Ctx, email: &str, ip: IpAddr) -> Result<Vec<String>, ApiError> {
     let client = client_key(ip);
+    let email = email_key(email);
     let window_secs = ctx.config.login_window_secs;
     let limits = [
         (
