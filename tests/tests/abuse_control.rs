@@ -414,3 +414,33 @@ async fn connections_beyond_the_cap_are_closed() -> Result<()> {
     c.running.terminate().await?;
     Ok(())
 }
+
+/// Attempts refused by a later bucket are given back to the earlier ones: a client
+/// hammering a locked account does not use up its own budget for other accounts.
+#[tokio::test]
+async fn refused_attempts_do_not_count_against_the_client() -> Result<()> {
+    let c = start_control(
+        Db::Sqlite,
+        &[
+            ("VC_LOGIN_ACCOUNT_MAX_FAILURES", "2"),
+            ("VC_LOGIN_CLIENT_MAX_FAILURES", "3"),
+        ],
+    )
+    .await?;
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(login(&c, "locked@example.com", "wrong-password", None).await?);
+    }
+    let expected: Vec<StatusCode> = [StatusCode::UNAUTHORIZED; 2]
+        .into_iter()
+        .chain([StatusCode::TOO_MANY_REQUESTS; 3])
+        .collect();
+    ensure!(answers == expected, "{answers:?}");
+    // Two failures counted for this client, not five: one more is allowed, then 429.
+    let s = login(&c, "other@example.com", "wrong-password", None).await?;
+    ensure!(s == StatusCode::UNAUTHORIZED, "{s}");
+    let s = login(&c, "third@example.com", "wrong-password", None).await?;
+    ensure!(s == StatusCode::TOO_MANY_REQUESTS, "{s}");
+    c.running.terminate().await?;
+    Ok(())
+}

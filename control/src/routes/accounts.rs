@@ -185,7 +185,7 @@ pub async fn login(
 /// email), before the password is verified, so concurrent guesses cannot all slip in
 /// before the first failure is recorded. Returns the buckets reserved, for the release
 /// on success. Stops at the first full bucket, so attempts refused for one client do not
-/// eat the account's budget.
+/// eat the account's budget, and gives back what it had reserved before it.
 async fn reserve_login(ctx: &Ctx, email: &str, ip: IpAddr) -> Result<Vec<String>, ApiError> {
     let client = client_key(ip);
     let email = email_key(email);
@@ -205,11 +205,18 @@ async fn reserve_login(ctx: &Ctx, email: &str, ip: IpAddr) -> Result<Vec<String>
         ),
     ];
     let now = now_secs();
-    let mut reserved = Vec::with_capacity(limits.len());
+    let mut reserved: Vec<String> = Vec::with_capacity(limits.len());
     for (bucket, max) in limits {
-        ctx.limiter
-            .reserve(&bucket, Limit { max, window_secs }, now)
-            .await?;
+        let limit = Limit { max, window_secs };
+        if let Err(refused) = ctx.limiter.reserve(&bucket, limit, now).await {
+            // The attempt never reaches the password check, so it is no failure for the
+            // buckets before: a client refused for one locked account keeps its budget
+            // for the others.
+            for earlier in &reserved {
+                ctx.limiter.release(earlier).await?;
+            }
+            return Err(refused);
+        }
         reserved.push(bucket);
     }
     Ok(reserved)
