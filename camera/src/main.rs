@@ -161,15 +161,17 @@ async fn onboard_cmd(
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()?;
-    let activated = match onboard::activate(&client, &payload, &device_uid, attempts).await {
-        Ok(a) => a,
-        Err(OnboardError::Rejected { status, body }) => {
-            // The server's JSON error, verbatim, for the operator.
-            println!("activation failed HTTP {status} {body}");
-            bail!("activation rejected (HTTP {status}): {body}");
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let earlier_secret = existing.as_ref().and_then(|s| s.device_secret.as_deref());
+    let activated =
+        match onboard::activate(&client, &payload, &device_uid, earlier_secret, attempts).await {
+            Ok(a) => a,
+            Err(OnboardError::Rejected { status, body }) => {
+                // The server's JSON error, verbatim, for the operator.
+                println!("activation failed HTTP {status} {body}");
+                bail!("activation rejected (HTTP {status}): {body}");
+            }
+            Err(e) => return Err(e.into()),
+        };
     CameraState {
         device_uid,
         device_id: Some(activated.device_id),

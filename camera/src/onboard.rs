@@ -176,10 +176,14 @@ pub fn local_ip_towards(server_url: &str) -> Option<String> {
 
 /// Calls `POST <server_url>/api/camera/activate`, retrying network errors and 5xx answers
 /// with exponential backoff up to `attempts` tries. A 4xx answer is final.
+/// `device_secret` is the secret of an earlier activation, if the state file has one: the
+/// server accepts a late retry of the same QR code only with it. A retry inside this call
+/// (the answer was lost) comes within the server's retry window and needs none.
 pub async fn activate(
     client: &reqwest::Client,
     payload: &QrPayload,
     device_uid: &str,
+    device_secret: Option<&str>,
     attempts: u32,
 ) -> Result<ActivateResponse, OnboardError> {
     let url = format!(
@@ -191,6 +195,7 @@ pub async fn activate(
         device_uid: device_uid.to_owned(),
         camera_model: payload.camera_model.clone(),
         local_ip: local_ip_towards(&payload.server_url),
+        device_secret: device_secret.map(str::to_owned),
     };
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(8));
     let mut last = String::new();

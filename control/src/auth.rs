@@ -1,13 +1,10 @@
-//! User authentication: argon2id password hashes, HS256 login JWTs, and the failed-login
-//! limiter (per email + client IP, fixed window).
+//! User authentication: argon2id password hashes and HS256 login JWTs (the failed-login
+//! limit is in [`crate::limiter`]).
 
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, PasswordVerifier, Version};
-use dashmap::DashMap;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -162,74 +159,9 @@ impl Jwt {
     }
 }
 
-/// Failed logins per (email, client IP) in fixed windows.
-pub struct LoginLimiter {
-    max_failures: u32,
-    window: Duration,
-    entries: DashMap<(String, IpAddr), (Instant, u32)>,
-}
-
-impl LoginLimiter {
-    pub fn new(max_failures: u32, window: Duration) -> Self {
-        Self {
-            max_failures,
-            window,
-            entries: DashMap::new(),
-        }
-    }
-
-    /// `Err(RateLimited(secs))` when this email + IP has used up its failures in the
-    /// current window.
-    pub fn check(&self, email: &str, ip: IpAddr, now: Instant) -> Result<(), ApiError> {
-        if let Some(entry) = self.entries.get(&(email.to_owned(), ip)) {
-            let (start, failures) = *entry;
-            let elapsed = now.saturating_duration_since(start);
-            if elapsed < self.window && failures >= self.max_failures {
-                let left = (self.window - elapsed).as_secs_f64().ceil().max(1.0) as u64;
-                return Err(ApiError::RateLimited(left));
-            }
-        }
-        Ok(())
-    }
-
-    /// Counts a failed attempt.
-    pub fn record_failure(&self, email: &str, ip: IpAddr, now: Instant) {
-        if self.entries.len() > 100_000 {
-            let window = self.window;
-            self.entries
-                .retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
-        }
-        let mut entry = self
-            .entries
-            .entry((email.to_owned(), ip))
-            .or_insert((now, 0));
-        if now.saturating_duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn limiter_blocks_after_max_failures_until_window_ends() {
-        let l = LoginLimiter::new(3, Duration::from_secs(60));
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(l.check("a@b.c", ip, t0).is_ok());
-            l.record_failure("a@b.c", ip, t0);
-        }
-        match l.check("a@b.c", ip, t0 + Duration::from_secs(10)) {
-            Err(ApiError::RateLimited(s)) => assert_eq!(s, 50),
-            other => panic!("{other:?}"),
-        }
-        assert!(l.check("other@b.c", ip, t0).is_ok());
-        assert!(l.check("a@b.c", ip, t0 + Duration::from_secs(60)).is_ok());
-    }
 
     #[test]
     fn jwt_roundtrip_and_rejections() {

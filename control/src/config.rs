@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use shared::Secret;
 
+use crate::limiter::Cidr;
+
 /// Everything vc-control can be told. Every limit and TTL of the API is a named setting here.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -29,10 +31,32 @@ pub struct Config {
     pub device_token_ttl_secs: u64,
     /// Lifetime of relay tickets (TURN credentials and signaling tokens), seconds.
     pub ticket_ttl_secs: u64,
-    /// Failed logins allowed per email + client IP within `login_window_secs` before 429.
+    /// Failed logins allowed per email + client within `login_window_secs` before 429.
+    /// A client is an IPv4 address or an IPv6 /64.
     pub login_max_failures: u32,
-    /// Window of the failed-login limit, seconds.
+    /// Failed logins allowed per email (from all clients together) per window: bounds a
+    /// distributed guess at one account.
+    pub login_account_max_failures: u32,
+    /// Failed logins allowed per client (over all emails) per window: bounds one client
+    /// spraying many accounts.
+    pub login_client_max_failures: u32,
+    /// Window of the failed-login limits, seconds.
     pub login_window_secs: u64,
+    /// Registrations allowed per client within `register_window_secs` before 429.
+    pub register_max_per_client: u32,
+    /// Window of the registration limit, seconds.
+    pub register_window_secs: u64,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` is believed. Empty (default):
+    /// the header is ignored and the TCP peer is the client. Localhost is not implied.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Cameras (pending or activated) one account may have; onboarding beyond -> 409
+    /// `camera_limit`. Bounds what one account can hold on the relay too.
+    pub max_cameras_per_account: u32,
+    /// After a camera's first successful activation, a retry without its device secret is
+    /// accepted only this many seconds (and only while the secret is unused): long enough
+    /// for a camera whose answer was lost, short enough that a leaked QR code cannot
+    /// replace the real camera's secret later.
+    pub activation_retry_window_secs: u64,
     /// Largest accepted request body, bytes (larger -> 413).
     pub max_body_bytes: usize,
     /// Minimum password length at registration.
@@ -48,6 +72,20 @@ pub struct Config {
     pub pending_retention_secs: u64,
     pub relay: RelayConfig,
     pub argon2: Argon2Config,
+    pub http: HttpConfig,
+}
+
+/// Connection limits of the HTTP listener (slowloris and idle-socket floods).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// A client must send a request's whole header within this many seconds.
+    pub header_read_timeout_secs: u64,
+    /// A connection with no request in flight that moves no bytes this long is closed.
+    /// (For HTTP/1, hyper's header timer also runs while waiting for the next request.)
+    pub keep_alive_idle_secs: u64,
+    /// Open connections at most; further ones are closed at once.
+    pub max_connections: u32,
 }
 
 /// Where cameras and viewers find vc-relay.
@@ -83,7 +121,14 @@ impl Default for Config {
             device_token_ttl_secs: 600,
             ticket_ttl_secs: 600,
             login_max_failures: 10,
+            login_account_max_failures: 50,
+            login_client_max_failures: 100,
             login_window_secs: 60,
+            register_max_per_client: 10,
+            register_window_secs: 3600,
+            trusted_proxies: Vec::new(),
+            max_cameras_per_account: 100,
+            activation_retry_window_secs: 30,
             max_body_bytes: 64 * 1024,
             password_min_len: 8,
             check_status_max_wait_secs: 60,
@@ -92,6 +137,17 @@ impl Default for Config {
             pending_retention_secs: 24 * 3600,
             relay: RelayConfig::default(),
             argon2: Argon2Config::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            keep_alive_idle_secs: 60,
+            max_connections: 10_000,
         }
     }
 }
@@ -131,5 +187,41 @@ mod tests {
         let mut c = c;
         c.jwt_secret = Secret::new("hunter2hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn abuse_limits_have_defaults_and_load_from_a_file() {
+        let c = Config::default();
+        assert!(c.trusted_proxies.is_empty(), "no proxy trusted by default");
+        assert_eq!(
+            (c.max_cameras_per_account, c.activation_retry_window_secs),
+            (100, 30)
+        );
+        assert_eq!(
+            (
+                c.http.header_read_timeout_secs,
+                c.http.keep_alive_idle_secs,
+                c.http.max_connections
+            ),
+            (10, 60, 10_000)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n[http]\nmax_connections = 5\n",
+        )
+        .unwrap();
+        let c: Config =
+            shared::config::load_with_env(Some(&path), "VC_CONTROL_UNIT_TEST_FILE_").unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.trusted_proxies[0].contains("10.9.8.7".parse().unwrap()));
+        assert_eq!(c.http.max_connections, 5);
+        assert_eq!(c.http.header_read_timeout_secs, 10);
+        std::fs::write(&path, "trusted_proxies = [\"10.0.0.0/40\"]\n").unwrap();
+        assert!(
+            shared::config::load_with_env::<Config>(Some(&path), "VC_CONTROL_UNIT_TEST_FILE_")
+                .is_err()
+        );
     }
 }

@@ -9,6 +9,8 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod http;
+pub mod limiter;
 pub mod presence;
 pub mod qr;
 pub mod routes;
@@ -32,7 +34,8 @@ pub struct App {
     pub jwt: auth::Jwt,
     pub passwords: auth::Passwords,
     pub tickets: TicketKey,
-    pub login_limiter: auth::LoginLimiter,
+    /// Login and registration limits, kept in the database (shared by all instances).
+    pub limiter: limiter::Limiter,
     /// The camera models, read once at start.
     pub models: Vec<routes::onboarding::CameraModel>,
     /// Device ids as they activate, to wake check-status long polls.
@@ -53,10 +56,7 @@ impl App {
             jwt: auth::Jwt::new(&jwt_secret, config.jwt_ttl_secs),
             passwords: auth::Passwords::new(&config.argon2)?,
             tickets: TicketKey::new(&ticket_secret),
-            login_limiter: auth::LoginLimiter::new(
-                config.login_max_failures,
-                Duration::from_secs(config.login_window_secs),
-            ),
+            limiter: limiter::Limiter::new(db.clone()),
             models,
             activations,
             rng: ring::rand::SystemRandom::new(),
@@ -105,12 +105,27 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let sweeper = tokio::spawn(sweep_expired_pending(app.clone()));
-    warp::serve(routes::all(app))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let pruner = tokio::spawn(prune_rate_limits(app.clone()));
+    let http = app.config.http.clone();
+    http::serve(listener, routes::all(app), &http, shutdown).await;
     sweeper.abort();
+    pruner.abort();
+}
+
+/// Every minute, deletes rate-limit rows whose window ended, so the table holds only
+/// the last window's clients.
+async fn prune_rate_limits(app: Arc<App>) {
+    let longest = app
+        .config
+        .login_window_secs
+        .max(app.config.register_window_secs);
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.limiter.prune(routes::now_secs(), longest).await {
+            tracing::warn!(error = %e, "pruning rate limits failed");
+        }
+    }
 }
 
 /// Every minute, deletes onboarded cameras whose token expired more than

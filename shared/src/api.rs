@@ -30,6 +30,10 @@ pub struct ActivateRequest {
     pub camera_model: String,
     #[serde(default)]
     pub local_ip: Option<String>,
+    /// The secret of an earlier successful activation with this token, if the camera has
+    /// one: a retry after the retry window must prove it is the same camera.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,7 +3,8 @@
 //!
 //! Two kinds, both minted by `POST /api/relay/ticket`:
 //! * **TURN REST credentials** (draft-uberti-behave-turn-rest, what coturn calls
-//!   `use-auth-secret`): username `<unix expiry>:<subject>`,
+//!   `use-auth-secret`): username `<unix expiry>:<subject>`, or
+//!   `<unix expiry>:<subject>:<account>` when the subject belongs to an account,
 //!   credential `base64(HMAC-SHA1(secret, username))`. Every WebRTC stack accepts these.
 //! * **Signaling tokens**: an HS256 JWT with audience [`SIGNALING_AUDIENCE`] whose claims scope
 //!   the holder to a role and a set of device ids ([`SignalingClaims`]).
@@ -54,6 +55,11 @@ pub struct SignalingClaims {
     pub aud: String,
     /// Unique id of this ticket, for logs and revocation lists.
     pub jti: String,
+    /// The account the subject belongs to (viewer: the user; camera: the device's owner),
+    /// so per-account limits hold however many devices an account has. Absent in tickets
+    /// from older vc-control versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// Signs and verifies relay tickets with one shared secret.
@@ -88,6 +94,19 @@ impl TicketKey {
         let username = format!("{}:{}", now.saturating_add(ttl), subject);
         let credential = self.turn_password(&username);
         (username, credential)
+    }
+
+    /// Like [`Self::turn_credentials`], naming the account that owns `subject` in the
+    /// username (`<expiry>:<subject>:<account>`), which the relay's quota counts by.
+    /// Neither may contain `:`.
+    pub fn turn_credentials_for_account(
+        &self,
+        subject: &str,
+        account: &str,
+        now: u64,
+        ttl: u64,
+    ) -> (String, String) {
+        self.turn_credentials(&format!("{subject}:{account}"), now, ttl)
     }
 
     /// The TURN password belonging to a REST username: `base64(HMAC-SHA1(secret, username))`.
@@ -155,6 +174,19 @@ impl TicketKey {
         now: u64,
         ttl: u64,
     ) -> (String, SignalingClaims) {
+        self.mint_signaling_for_account(subject, None, role, devices, now, ttl)
+    }
+
+    /// Like [`Self::mint_signaling`] with the `account` claim.
+    pub fn mint_signaling_for_account(
+        &self,
+        subject: &str,
+        account: Option<&str>,
+        role: Role,
+        devices: Vec<Uuid>,
+        now: u64,
+        ttl: u64,
+    ) -> (String, SignalingClaims) {
         let claims = SignalingClaims {
             sub: subject.to_owned(),
             role,
@@ -163,6 +195,7 @@ impl TicketKey {
             exp: now.saturating_add(ttl),
             aud: SIGNALING_AUDIENCE.to_owned(),
             jti: Uuid::new_v4().simple().to_string(),
+            account: account.map(str::to_owned),
         };
         (self.sign_signaling(&claims), claims)
     }
@@ -199,6 +232,21 @@ pub fn turn_username_expiry(username: &str) -> Result<u64, Error> {
         return Err(Error::MalformedUsername);
     }
     digits.parse().map_err(|_| Error::MalformedUsername)
+}
+
+/// What a per-user limit counts a TURN username by: the account of a REST username that
+/// names one (`<expiry>:<subject>:<account>`), else its subject (`<expiry>:<subject>`, so a
+/// fresh ticket does not get a fresh quota), else the whole name (a static user).
+pub fn turn_quota_key(username: &str) -> &str {
+    match username.split_once(':') {
+        Some((exp, rest)) if !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit()) => {
+            match rest.split_once(':') {
+                Some((_subject, account)) if !account.is_empty() => account,
+                _ => rest,
+            }
+        }
+        _ => username,
+    }
 }
 
 /// Seconds since the unix epoch, for callers at the edge (drivers, handlers).
@@ -308,6 +356,7 @@ mod tests {
             exp: 1_600,
             aud: SIGNALING_AUDIENCE.into(),
             jti: "x".into(),
+            account: None,
         };
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(serde_json::to_vec(&forged_claims).unwrap());
@@ -352,5 +401,41 @@ mod tests {
             600,
         );
         assert!(k.verify_signaling(&token, 1_100).is_err());
+    }
+
+    #[test]
+    fn account_in_turn_username_and_signaling_claims() {
+        let k = key();
+        let (user, pass) = k.turn_credentials_for_account("dev-1", "acct-9", 1_000, 600);
+        assert_eq!(user, "1600:dev-1:acct-9");
+        assert!(k.verify_turn_credentials(&user, &pass, 1_000).is_ok());
+        assert_eq!(turn_quota_key(&user), "acct-9");
+        assert_eq!(turn_quota_key("1600:dev-1"), "dev-1");
+        assert_eq!(turn_quota_key("1600:dev-1:"), "dev-1:");
+        assert_eq!(turn_quota_key("alice"), "alice");
+        assert_eq!(turn_quota_key("x1:alice"), "x1:alice");
+
+        let dev = Uuid::new_v4();
+        let (token, _) = k.mint_signaling_for_account(
+            &dev.to_string(),
+            Some("acct-9"),
+            Role::Camera,
+            vec![dev],
+            1_000,
+            600,
+        );
+        let claims = k.verify_signaling(&token, 1_100).unwrap();
+        assert_eq!(claims.sub, dev.to_string(), "the subject stays the device");
+        assert_eq!(claims.account.as_deref(), Some("acct-9"));
+        // A token without the claim (older vc-control) still verifies.
+        let (old, _) = k.mint_signaling("u", Role::Viewer, vec![dev], 1_000, 600);
+        assert!(!old.is_empty());
+        let old_claims = k.verify_signaling(&old, 1_100).unwrap();
+        assert_eq!(old_claims.account, None);
+        let payload = old.split('.').nth(1).unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        assert!(!String::from_utf8(json).unwrap().contains("account"));
     }
 }

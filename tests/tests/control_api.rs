@@ -14,118 +14,8 @@ use shared::api::{ActivateResponse, PresenceReport, QrPayload, TicketResponse};
 use shared::ticket::{Role, TicketKey};
 use shared::Secret;
 use uuid::Uuid;
-use vc_tests::{fresh_postgres_url, start, Running};
-
-const TICKET_SECRET: &str = "control-api-test-ticket-secret";
-const SERVER_URL: &str = "https://cams.example.test";
-
-struct Control {
-    running: Running,
-    base: String,
-    http: Client,
-    _data: tempfile::TempDir,
-}
-
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-async fn start_control(db: Db, extra_env: &[(&str, &str)]) -> Result<Control> {
-    let data = tempfile::tempdir()?;
-    let url = match db {
-        Db::Sqlite => format!("sqlite://{}/vc.db?mode=rwc", data.path().display()),
-        Db::Postgres => fresh_postgres_url().await?,
-    };
-    let data_dir = data.path().display().to_string();
-    let mut env = vec![
-        ("VC_LISTEN", "127.0.0.1:0"),
-        ("VC_DATABASE_URL", url.as_str()),
-        ("VC_DATA_DIR", data_dir.as_str()),
-        ("VC_SERVER_URL", SERVER_URL),
-        ("VC_TICKET_SECRET", TICKET_SECRET),
-        ("VC_RELAY__SIGNALING_URL", "ws://relay.test/ws"),
-        ("VC_ARGON2__MEMORY_KIB", "1024"),
-        ("VC_ARGON2__ITERATIONS", "1"),
-        ("RUST_LOG", "warn"),
-    ];
-    env.extend_from_slice(extra_env);
-    let running = start("vc-control", &[], &env).await?;
-    let base = running.url("http");
-    let http = Client::builder().timeout(Duration::from_secs(40)).build()?;
-    Ok(Control {
-        running,
-        base,
-        http,
-        _data: data,
-    })
-}
-
-impl Control {
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Result<(StatusCode, Value)> {
-        vc_tests::api_call(&self.http, &self.base, method, path, token, body).await
-    }
-
-    async fn post(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        body: Value,
-    ) -> Result<(StatusCode, Value)> {
-        self.call(Method::POST, path, token, Some(body)).await
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> Result<(StatusCode, Value)> {
-        self.call(Method::GET, path, token, None).await
-    }
-
-    /// Registers and logs in; returns the JWT.
-    async fn user(&self, email: &str) -> Result<String> {
-        let (s, v) = self
-            .post(
-                "/api/register",
-                None,
-                json!({"email": email, "password": "password123"}),
-            )
-            .await?;
-        ensure!(s == StatusCode::CREATED, "register {s} {v}");
-        let (s, v) = self
-            .post(
-                "/api/login",
-                None,
-                json!({"email": email, "password": "password123"}),
-            )
-            .await?;
-        ensure!(s == StatusCode::OK, "login {s} {v}");
-        Ok(v["access_token"]
-            .as_str()
-            .context("access_token")?
-            .to_owned())
-    }
-
-    async fn onboard(&self, jwt: &str, name: &str) -> Result<Value> {
-        let (s, v) = self
-            .post("/api/camera/onboard", Some(jwt), json!({"camera_model": "CP_PLUS_WIFI_V2", "wifi_ssid": "HomeNet", "wifi_password": "wifi-pass-123", "device_name": name}))
-            .await?;
-        ensure!(s == StatusCode::CREATED, "onboard {s} {v}");
-        Ok(v)
-    }
-
-    async fn activate(&self, token: &str, uid: &str) -> Result<(StatusCode, Value)> {
-        self.post("/api/camera/activate", None, json!({"device_token": token, "device_uid": uid, "camera_model": "CP_PLUS_WIFI_V2", "local_ip": "192.168.1.50"}))
-            .await
-    }
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("<no code>")
-}
+use vc_tests::control::{code, start_control, Db, SERVER_URL, TICKET_SECRET};
+use vc_tests::start;
 
 fn decode_qr(data_url: &str) -> Result<String> {
     let b64 = data_url
@@ -493,19 +383,23 @@ async fn full_flow(db: Db) -> Result<()> {
     let t: TicketResponse = serde_json::from_value(v)?;
     let now = shared::ticket::unix_now();
     key.verify_turn_credentials(&t.turn.username, &t.turn.credential, now)?;
-    ensure!(
-        t.turn.username.ends_with(&format!(":{device_id}"))
-            && t.turn.ttl == 600
-            && t.turn.uris.len() == 2,
-        "{:?}",
-        t.turn
-    );
     let claims = key.verify_signaling(&t.signaling.token, now)?;
     ensure!(
         claims.role == Role::Camera
             && claims.devices == vec![device_id]
             && claims.sub == device_id.to_string(),
         "{claims:?}"
+    );
+    // The owner rides along (TURN quota per account); the subject stays the device.
+    let camera_account = claims.account.clone().context("camera ticket account")?;
+    ensure!(
+        t.turn
+            .username
+            .ends_with(&format!(":{device_id}:{camera_account}"))
+            && t.turn.ttl == 600
+            && t.turn.uris.len() == 2,
+        "{:?}",
+        t.turn
     );
     ensure!(t.signaling.url == "ws://relay.test/ws", "signaling url");
     ensure!(
@@ -526,8 +420,11 @@ async fn full_flow(db: Db) -> Result<()> {
     let t: TicketResponse = serde_json::from_value(v)?;
     let claims = key.verify_signaling(&t.signaling.token, now)?;
     ensure!(
-        claims.role == Role::Viewer && claims.devices == vec![device_id],
-        "{claims:?}"
+        claims.role == Role::Viewer
+            && claims.devices == vec![device_id]
+            && claims.account.as_deref() == Some(claims.sub.as_str())
+            && claims.sub == camera_account,
+        "{claims:?} (camera account {camera_account})"
     );
     key.verify_turn_credentials(&t.turn.username, &t.turn.credential, now)?;
     let (s, _) = c

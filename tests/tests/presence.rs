@@ -339,7 +339,7 @@ async fn thousands_of_cameras_stay_right() -> Result<()> {
         SECRET,
         &[
             ("VC_MAX_CAMERAS_PER_ACCOUNT", "1000"),
-            ("VC_REGISTER_RATE__MAX", "1000"),
+            ("VC_REGISTER_MAX_PER_CLIENT", "1000"),
         ],
     )
     .await?;

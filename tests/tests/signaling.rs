@@ -96,9 +96,18 @@ async fn signaling_end_to_end() -> Result<()> {
             server.urls
         );
     }
+    // The camera's TURN username names its owner, the key of the relay's quota.
+    let account = key
+        .verify_signaling(&ct.signaling.token, unix_now())?
+        .account
+        .context("camera ticket without account")?;
     for s in &ice {
         key.verify_turn_credentials(&s.username, &s.credential, unix_now())?;
-        ensure!(s.username.ends_with(&format!(":{dev}")), "{}", s.username);
+        ensure!(
+            s.username.ends_with(&format!(":{dev}:{account}")),
+            "{}",
+            s.username
+        );
     }
 
     // Presence: online in the device list within 2 s.

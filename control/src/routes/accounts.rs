@@ -1,7 +1,6 @@
 //! `POST /api/register`, `POST /api/login`.
 
 use std::net::IpAddr;
-use std::time::Instant;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -20,6 +19,7 @@ use super::{
 use crate::db::is_unique_violation;
 use crate::domain::{Email, Password};
 use crate::error::ApiError;
+use crate::limiter::{client_key, email_key, Limit};
 
 /// Registration and login body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -53,12 +53,13 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
     let register = warp::path!("api" / "register")
         .and(warp::post())
         .and(with_ctx(ctx))
+        .and(client_ip(ctx))
         .and(body(limit))
-        .then(|ctx: Ctx, body| async move { respond(register(ctx, body).await) });
+        .then(|ctx: Ctx, ip, body| async move { respond(register(ctx, ip, body).await) });
     let login = warp::path!("api" / "login")
         .and(warp::post())
         .and(with_ctx(ctx))
-        .and(client_ip())
+        .and(client_ip(ctx))
         .and(body(limit))
         .then(|ctx: Ctx, ip, body| async move { respond(login(ctx, ip, body).await) });
     instrument("/api/register", register)
@@ -74,9 +75,22 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
         (status = 409, description = "Email already registered (`email_taken`)", body = super::docs::ErrorBodyDoc),
         (status = 422, description = "Invalid email or password too short", body = super::docs::ErrorBodyDoc),
+        (status = 429, description = "Too many registrations from this client (`rate_limited`); see Retry-After", body = super::docs::ErrorBodyDoc),
     ))]
-pub async fn register(ctx: Ctx, body: Result<Bytes, ApiError>) -> Result<Response, ApiError> {
+pub async fn register(
+    ctx: Ctx,
+    ip: IpAddr,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
     let req: Credentials = parse_json(&body?)?;
+    // Counted before hashing: every attempt costs an argon2 hash and may create a row.
+    let limit = Limit {
+        max: ctx.config.register_max_per_client,
+        window_secs: ctx.config.register_window_secs,
+    };
+    ctx.limiter
+        .reserve(&format!("register:{}", client_key(ip)), limit, now_secs())
+        .await?;
     let email = Email::parse(&req.email)?;
     let password = Password::parse(req.password, ctx.config.password_min_len)?;
     let hash = ctx.passwords.hash(password.expose().to_owned()).await?;
@@ -118,7 +132,7 @@ pub async fn register(ctx: Ctx, body: Result<Bytes, ApiError>) -> Result<Respons
         (status = 200, description = "Logged in", body = LoginResponse),
         (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = super::docs::ErrorBodyDoc),
-        (status = 429, description = "Too many failed logins for this email from this IP; see Retry-After", body = super::docs::ErrorBodyDoc),
+        (status = 429, description = "Too many failed logins for this email from this client, for this email, or from this client (`rate_limited`); see Retry-After", body = super::docs::ErrorBodyDoc),
     ))]
 pub async fn login(
     ctx: Ctx,
@@ -131,7 +145,7 @@ pub async fn login(
     let email = Email::parse(&req.email)
         .map(|e| e.as_str().to_owned())
         .unwrap_or_else(|_| req.email.trim().to_lowercase());
-    ctx.login_limiter.check(&email, ip, Instant::now())?;
+    let buckets = reserve_login(&ctx, &email, ip).await?;
     let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
         .bind(&email)
         .fetch_optional(&ctx.db.pool)
@@ -147,11 +161,15 @@ pub async fn login(
     let user = match (ok, user) {
         (true, Some(id)) => Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.to_string()))?,
         _ => {
-            ctx.login_limiter.record_failure(&email, ip, Instant::now());
+            // The reservations stay: they are this failure's count.
             metrics::counter!("logins_failed_total").increment(1);
             return Err(invalid());
         }
     };
+    // A correct password is no failure: give the reservations back.
+    for bucket in &buckets {
+        ctx.limiter.release(bucket).await?;
+    }
     let token = ctx.jwt.issue(user, shared::ticket::unix_now())?;
     Ok(json_response(
         StatusCode::OK,
@@ -161,4 +179,45 @@ pub async fn login(
             expires_in: ctx.jwt.ttl(),
         },
     ))
+}
+
+/// Reserves one failed-login attempt in each bucket (per client, per email + client, per
+/// email), before the password is verified, so concurrent guesses cannot all slip in
+/// before the first failure is recorded. Returns the buckets reserved, for the release
+/// on success. Stops at the first full bucket, so attempts refused for one client do not
+/// eat the account's budget, and gives back what it had reserved before it.
+async fn reserve_login(ctx: &Ctx, email: &str, ip: IpAddr) -> Result<Vec<String>, ApiError> {
+    let client = client_key(ip);
+    let email = email_key(email);
+    let window_secs = ctx.config.login_window_secs;
+    let limits = [
+        (
+            format!("login:client:{client}"),
+            ctx.config.login_client_max_failures,
+        ),
+        (
+            format!("login:pair:{email}|{client}"),
+            ctx.config.login_max_failures,
+        ),
+        (
+            format!("login:account:{email}"),
+            ctx.config.login_account_max_failures,
+        ),
+    ];
+    let now = now_secs();
+    let mut reserved: Vec<String> = Vec::with_capacity(limits.len());
+    for (bucket, max) in limits {
+        let limit = Limit { max, window_secs };
+        if let Err(refused) = ctx.limiter.reserve(&bucket, limit, now).await {
+            // The attempt never reaches the password check, so it is no failure for the
+            // buckets before: a client refused for one locked account keeps its budget
+            // for the others.
+            for earlier in &reserved {
+                ctx.limiter.release(earlier).await?;
+            }
+            return Err(refused);
+        }
+        reserved.push(bucket);
+    }
+    Ok(reserved)
 }

@@ -60,15 +60,20 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
 /// Activates a camera with the one-time token from its QR code.
 ///
 /// A retry from the same camera (same token and `device_uid`) before the token expires
-/// succeeds again with the same `device_id` and a new secret replacing the old one. If the
-/// same owner had registered this camera before, that older registration is replaced.
+/// succeeds again with the same `device_id` and a new secret replacing the old one, but
+/// only if it proves to be that camera: it presents the secret it was issued, or it comes
+/// within `activation_retry_window_secs` of the first success while that secret was never
+/// used (a camera whose answer got lost). Otherwise anyone holding the QR code could
+/// replace the real camera's secret until the token expires. If the same owner had
+/// registered this camera before, that older registration is replaced.
 #[utoipa::path(post, path = "/api/camera/activate", tag = "onboarding",
     request_body = super::docs::ActivateRequestDoc,
     responses(
         (status = 200, description = "Activated; keep device_secret", body = super::docs::ActivateResponseDoc),
         (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
+        (status = 401, description = "A retry presented the wrong device_secret (`invalid_device_credentials`)", body = super::docs::ErrorBodyDoc),
         (status = 404, description = "Unknown token (`unknown_token`)", body = super::docs::ErrorBodyDoc),
-        (status = 409, description = "`model_mismatch`, or `device_uid_conflict` (camera registered to another account)", body = super::docs::ErrorBodyDoc),
+        (status = 409, description = "`model_mismatch`, `device_uid_conflict` (camera registered to another account), or `activation_locked` (a retry after the retry window, or after the secret was used, without the device_secret)", body = super::docs::ErrorBodyDoc),
         (status = 410, description = "`token_expired`, or `token_used` by another camera", body = super::docs::ErrorBodyDoc),
         (status = 422, description = "Invalid device_uid or local_ip", body = super::docs::ErrorBodyDoc),
     ))]
@@ -104,6 +109,12 @@ async fn activate_inner(ctx: &Ctx, body: Result<Bytes, ApiError>) -> Result<Resp
     let secret = DeviceSecret::generate(&ctx.rng)?;
     let token_hash = token.hash();
     let now = now_secs();
+    let presented = req.device_secret.as_deref().map(DeviceSecret::parse);
+    let proven_hash = match &presented {
+        Some(Some(s)) => proven_secret_hash(ctx, &token_hash, uid.as_str(), s).await?,
+        _ => None,
+    };
+    let window = i64::try_from(ctx.config.activation_retry_window_secs).unwrap_or(i64::MAX);
 
     let update = ActivationUpdate {
         uid: uid.as_str(),
@@ -112,6 +123,8 @@ async fn activate_inner(ctx: &Ctx, body: Result<Bytes, ApiError>) -> Result<Resp
         now,
         token_hash: &token_hash,
         camera_model: &req.camera_model,
+        retry_after: now.saturating_sub(window),
+        proven_hash,
     };
     // Common case: one atomic statement. Only when the camera's uid is already taken do we
     // need the transaction that first removes the same owner's older registration.
@@ -145,7 +158,14 @@ async fn activate_inner(ctx: &Ctx, body: Result<Bytes, ApiError>) -> Result<Resp
         other => other?,
     };
     let Some(id) = id else {
-        return Err(classify_failure(ctx, &token_hash, uid.as_str(), &req.camera_model, now).await);
+        let attempt = Attempt {
+            token_hash: &token_hash,
+            uid: uid.as_str(),
+            model: &req.camera_model,
+            presented_secret: presented.is_some(),
+            now,
+        };
+        return Err(classify_failure(ctx, &attempt).await);
     };
     let device_id = Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.to_string()))?;
     // Nobody waiting is fine.
@@ -164,6 +184,8 @@ async fn activate_inner(ctx: &Ctx, body: Result<Bytes, ApiError>) -> Result<Resp
 /// The conditional update that activates a token: it matches only an unexpired token of
 /// the right model that no other camera has claimed, so of concurrent activations exactly
 /// one camera's update matches (the row lock / SQLite's single writer serialise them).
+/// A retry after a success matches only with the proven secret still stored, or inside
+/// the retry window while the secret is unused.
 struct ActivationUpdate<'a> {
     uid: &'a str,
     secret_hash: String,
@@ -171,6 +193,10 @@ struct ActivationUpdate<'a> {
     now: i64,
     token_hash: &'a str,
     camera_model: &'a str,
+    /// A first success after this (unix seconds) is inside the retry window.
+    retry_after: i64,
+    /// The stored secret hash the request proved it knows.
+    proven_hash: Option<String>,
 }
 
 impl ActivationUpdate<'_> {
@@ -184,7 +210,9 @@ impl ActivationUpdate<'_> {
              status = CASE WHEN status = 'pending' THEN 'offline' ELSE status END, \
              activated_at = COALESCE(activated_at, $4) \
              WHERE token_hash = $5 AND token_expires_at > $4 AND camera_model = $6 \
-             AND (device_uid IS NULL OR device_uid = $1) RETURNING id",
+             AND (device_uid IS NULL OR device_uid = $1) \
+             AND (activated_at IS NULL OR secret_hash = $8 \
+             OR (activated_at > $7 AND secret_used_at IS NULL)) RETURNING id",
         )
         .bind(self.uid)
         .bind(&self.secret_hash)
@@ -192,6 +220,8 @@ impl ActivationUpdate<'_> {
         .bind(self.now)
         .bind(self.token_hash)
         .bind(self.camera_model)
+        .bind(self.retry_after)
+        .bind(self.proven_hash.as_deref())
         .fetch_optional(executor)
         .await?;
         row.map(|r| r.try_get::<String, _>("id")).transpose()
@@ -202,18 +232,45 @@ fn unknown_token() -> ApiError {
     ApiError::NotFound("device token")
 }
 
-/// Why the activation update matched no row.
-async fn classify_failure(
+/// The stored secret hash of this token's device when `secret` matches it (compared in
+/// constant time), so the update can require that exact secret to still be in place.
+async fn proven_secret_hash(
     ctx: &Ctx,
     token_hash: &str,
     uid: &str,
-    model: &str,
+    secret: &DeviceSecret,
+) -> Result<Option<String>, ApiError> {
+    let row =
+        sqlx::query("SELECT secret_hash FROM devices WHERE token_hash = $1 AND device_uid = $2")
+            .bind(token_hash)
+            .bind(uid)
+            .fetch_optional(&ctx.db.pool)
+            .await?;
+    let stored: Option<String> = match row {
+        Some(row) => row.try_get("secret_hash")?,
+        None => None,
+    };
+    Ok(stored.filter(|hash| secret.matches(hash)))
+}
+
+/// What an activation that matched no row asked for.
+struct Attempt<'a> {
+    token_hash: &'a str,
+    uid: &'a str,
+    model: &'a str,
+    /// A `device_secret` was sent (and did not prove anything, or the update would match).
+    presented_secret: bool,
     now: i64,
-) -> ApiError {
+}
+
+/// Why the activation update matched no row.
+async fn classify_failure(ctx: &Ctx, a: &Attempt<'_>) -> ApiError {
+    let (uid, model, now) = (a.uid, a.model, a.now);
     let row = sqlx::query(
-        "SELECT token_expires_at, camera_model, device_uid FROM devices WHERE token_hash = $1",
+        "SELECT token_expires_at, camera_model, device_uid, activated_at FROM devices \
+         WHERE token_hash = $1",
     )
-    .bind(token_hash)
+    .bind(a.token_hash)
     .fetch_optional(&ctx.db.pool)
     .await;
     let row = match row {
@@ -224,6 +281,7 @@ async fn classify_failure(
     let expires: i64 = row.try_get("token_expires_at").unwrap_or(0);
     let stored_model: String = row.try_get("camera_model").unwrap_or_default();
     let stored_uid: Option<String> = row.try_get("device_uid").unwrap_or(None);
+    let activated_at: Option<i64> = row.try_get("activated_at").unwrap_or(None);
     if expires <= now {
         ApiError::gone("token_expired", "device token expired")
     } else if stored_uid.as_deref().is_some_and(|u| u != uid) {
@@ -236,6 +294,19 @@ async fn classify_failure(
             "model_mismatch",
             "camera_model does not match the onboarded model",
         )
+    } else if stored_uid.as_deref() == Some(uid) && activated_at.is_some() {
+        // A retry by this uid that could not prove it is the camera that activated.
+        if a.presented_secret {
+            ApiError::unauthorized(
+                "invalid_device_credentials",
+                "device_secret does not match this camera's activation",
+            )
+        } else {
+            ApiError::conflict(
+                "activation_locked",
+                "this camera already activated; a retry must present its device_secret",
+            )
+        }
     } else {
         // Lost a race with a concurrent activation by another camera.
         ApiError::gone(

@@ -44,6 +44,9 @@ pub struct ActivateRequestDoc {
     pub device_uid: String,
     pub camera_model: String,
     pub local_ip: Option<String>,
+    /// Secret from an earlier activation with this token: required for a retry more than
+    /// `activation_retry_window_secs` after the first success, or once the secret was used.
+    pub device_secret: Option<String>,
 }
 
 /// `shared::api::ActivateResponse`.
@@ -278,6 +281,7 @@ mod tests {
                 device_uid: "u".into(),
                 camera_model: "m".into(),
                 local_ip: Some("1.2.3.4".into()),
+                device_secret: Some("s".into()),
             })
         );
         assert_eq!(

@@ -13,7 +13,7 @@ pub mod static_files;
 pub mod tickets;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -99,10 +99,26 @@ pub fn authorization() -> impl Filter<Extract = (Option<String>,), Error = Infal
         .or_else(|_| async { Ok::<_, Infallible>((None,)) })
 }
 
-/// The client's IP address.
-pub fn client_ip() -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clone {
-    warp::addr::remote()
-        .map(|addr: Option<SocketAddr>| addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip()))
+/// The client's IP address: the TCP peer, or what a trusted proxy forwarded
+/// (see [`crate::limiter::client_ip`]).
+pub fn client_ip(ctx: &Ctx) -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clone {
+    let ctx = ctx.clone();
+    warp::ext::optional::<crate::http::PeerAddr>()
+        .and(warp::header::headers_cloned())
+        .map(
+            move |addr: Option<crate::http::PeerAddr>, headers: warp::http::HeaderMap| {
+                let peer = addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.0.ip());
+                if ctx.config.trusted_proxies.is_empty() {
+                    return peer;
+                }
+                let forwarded: Vec<&str> = headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                crate::limiter::client_ip(peer, &forwarded, &ctx.config.trusted_proxies)
+            },
+        )
 }
 
 /// The request body, read up to `limit` bytes (larger -> 413). A body somewhat over the

@@ -126,6 +126,7 @@ pub async fn models(ctx: Ctx) -> Result<Response, ApiError> {
         (status = 201, description = "Pending camera and QR code", body = OnboardResponse),
         (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
         (status = 401, description = "Missing or invalid JWT", body = super::docs::ErrorBodyDoc),
+        (status = 409, description = "The account has `max_cameras_per_account` cameras (`camera_limit`)", body = super::docs::ErrorBodyDoc),
         (status = 422, description = "Unknown model, bad SSID/password/name", body = super::docs::ErrorBodyDoc),
     ))]
 pub async fn onboard(
@@ -164,30 +165,19 @@ pub async fn onboard(
         serde_json::to_string(&payload).map_err(|e| ApiError::Internal(e.to_string()))?;
     let images = crate::qr::render(&payload)?;
 
-    let inserted = sqlx::query(
-        "INSERT INTO devices (id, owner_id, device_name, camera_model, status, token_hash, \
-         token_expires_at, created_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)",
+    insert_pending(
+        &ctx,
+        user,
+        PendingDevice {
+            id: device_id,
+            name: name.into_inner(),
+            model: &req.camera_model,
+            token_hash: token.hash(),
+            expires_at,
+            now,
+        },
     )
-    .bind(device_id.to_string())
-    .bind(user.to_string())
-    .bind(name.into_inner())
-    .bind(&req.camera_model)
-    .bind(token.hash())
-    .bind(expires_at)
-    .bind(now)
-    .execute(&ctx.db.pool)
-    .await;
-    match inserted {
-        Ok(_) => {}
-        // The JWT is genuine but its account no longer exists.
-        Err(e) if is_foreign_key_violation(&e) => {
-            return Err(ApiError::unauthorized(
-                "invalid_token",
-                "account no longer exists",
-            ))
-        }
-        Err(e) => return Err(e.into()),
-    }
+    .await?;
     metrics::counter!("onboardings_total").increment(1);
     Ok(json_response(
         StatusCode::CREATED,
@@ -200,4 +190,70 @@ pub async fn onboard(
             qr_svg: images.svg,
         },
     ))
+}
+
+/// A pending camera row about to be inserted.
+struct PendingDevice<'a> {
+    id: Uuid,
+    name: String,
+    model: &'a str,
+    token_hash: String,
+    expires_at: i64,
+    now: i64,
+}
+
+/// Inserts a pending camera unless the account already has `max_cameras_per_account`
+/// (pending ones count: they are what a scripted onboarding loop would pile up).
+/// Touching the user row first serialises one account's onboardings (a row lock on
+/// Postgres, the write lock on SQLite), so concurrent requests cannot all pass the count.
+async fn insert_pending(ctx: &Ctx, user: Uuid, d: PendingDevice<'_>) -> Result<(), ApiError> {
+    let mut tx = ctx.db.begin_write().await?;
+    let locked = sqlx::query("UPDATE users SET email = email WHERE id = $1")
+        .bind(user.to_string())
+        .execute(&mut *tx)
+        .await?;
+    if locked.rows_affected() == 0 {
+        // The JWT is genuine but its account no longer exists.
+        return Err(ApiError::unauthorized(
+            "invalid_token",
+            "account no longer exists",
+        ));
+    }
+    let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE owner_id = $1")
+        .bind(user.to_string())
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+    let max = i64::from(ctx.config.max_cameras_per_account);
+    if count >= max {
+        return Err(ApiError::conflict(
+            "camera_limit",
+            format!("this account already has {max} cameras"),
+        ));
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO devices (id, owner_id, device_name, camera_model, status, token_hash, \
+         token_expires_at, created_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)",
+    )
+    .bind(d.id.to_string())
+    .bind(user.to_string())
+    .bind(d.name)
+    .bind(d.model)
+    .bind(d.token_hash)
+    .bind(d.expires_at)
+    .bind(d.now)
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_foreign_key_violation(&e) => {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "account no longer exists",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tx.commit().await?;
+    Ok(())
 }

@@ -45,23 +45,33 @@ pub async fn ticket(
     body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
     let req: TicketRequest = parse_json(&body?)?;
-    let (subject, role) = match req.device_secret.as_deref() {
+    // The subject stays what signaling expects (the device id for a camera, the user id for
+    // a viewer); the owning account rides along so the relay's TURN quota counts per
+    // account, not per device id.
+    let (subject, account, role) = match req.device_secret.as_deref() {
         Some(raw) => {
-            authenticate_camera(&ctx, req.device_id, raw).await?;
-            (req.device_id.to_string(), Role::Camera)
+            let owner = authenticate_camera(&ctx, req.device_id, raw).await?;
+            (req.device_id.to_string(), owner, Role::Camera)
         }
         None => {
             let user = ctx.jwt.user_from_header(auth.as_deref())?;
             authorize_viewer(&ctx, user, req.device_id).await?;
-            (user.to_string(), Role::Viewer)
+            (user.to_string(), user.to_string(), Role::Viewer)
         }
     };
     let now = shared::ticket::unix_now();
     let ttl = ctx.config.ticket_ttl_secs;
-    let (username, credential) = ctx.tickets.turn_credentials(&subject, now, ttl);
-    let (token, _) = ctx
+    let (username, credential) = ctx
         .tickets
-        .mint_signaling(&subject, role, vec![req.device_id], now, ttl);
+        .turn_credentials_for_account(&subject, &account, now, ttl);
+    let (token, _) = ctx.tickets.mint_signaling_for_account(
+        &subject,
+        Some(&account),
+        role,
+        vec![req.device_id],
+        now,
+        ttl,
+    );
     metrics::counter!("tickets_issued_total", "role" => role.as_str()).increment(1);
     Ok(json_response(
         StatusCode::OK,
@@ -80,7 +90,12 @@ pub async fn ticket(
     ))
 }
 
-async fn authenticate_camera(ctx: &Ctx, device: Uuid, raw_secret: &str) -> Result<(), ApiError> {
+/// The owner's account id of a device whose secret matches.
+async fn authenticate_camera(
+    ctx: &Ctx,
+    device: Uuid,
+    raw_secret: &str,
+) -> Result<String, ApiError> {
     let denied = || {
         ApiError::unauthorized(
             "invalid_device_credentials",
@@ -88,16 +103,26 @@ async fn authenticate_camera(ctx: &Ctx, device: Uuid, raw_secret: &str) -> Resul
         )
     };
     let secret = DeviceSecret::parse(raw_secret).ok_or_else(denied)?;
-    let row = sqlx::query("SELECT secret_hash FROM devices WHERE id = $1")
+    let row = sqlx::query("SELECT secret_hash, owner_id FROM devices WHERE id = $1")
         .bind(device.to_string())
         .fetch_optional(&ctx.db.pool)
         .await?;
-    let stored: Option<String> = match row {
-        Some(row) => row.try_get("secret_hash")?,
-        None => None,
+    let (stored, owner): (Option<String>, String) = match row {
+        Some(row) => (row.try_get("secret_hash")?, row.try_get("owner_id")?),
+        None => (None, String::new()),
     };
     match stored {
-        Some(hash) if secret.matches(&hash) => Ok(()),
+        Some(hash) if secret.matches(&hash) => {
+            // From now on an activation retry must present the secret (see activation).
+            sqlx::query(
+                "UPDATE devices SET secret_used_at = $1 WHERE id = $2 AND secret_used_at IS NULL",
+            )
+            .bind(super::now_secs())
+            .bind(device.to_string())
+            .execute(&ctx.db.pool)
+            .await?;
+            Ok(owner)
+        }
         _ => Err(denied()),
     }
 }

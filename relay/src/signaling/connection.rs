@@ -197,6 +197,8 @@ pub(crate) async fn run(
         },
     };
     let id = sig.next_conn_id();
+    // Kept for the ICE credentials: the TURN quota counts by the owning account.
+    let account = claims.account.clone();
     let mut state = ConnState::new(id, claims);
     let (tx, mut rx) = mpsc::channel(sig.config.outbound_queue.max(1));
     let kill = Arc::new(Kill::default());
@@ -216,7 +218,7 @@ pub(crate) async fn run(
             Role::Viewer => Some(Uuid::from_u64_pair(0, id)),
             Role::Camera => None,
         },
-        ice_servers: sig.ice_servers(state.subject(), &host),
+        ice_servers: sig.ice_servers(state.subject(), account.as_deref(), &host),
     };
     let mut out = Vec::new();
     // Welcome first, then whatever joining causes (presence, byes to a replaced camera's viewers).

@@ -386,8 +386,15 @@ impl Signaling {
         self.metrics.connections.set(self.conns.len() as f64);
     }
 
-    /// `ice_servers` for a `welcome`: fresh TURN REST credentials for `subject`.
-    pub(crate) fn ice_servers(&self, subject: &str, host: &str) -> Vec<IceServer> {
+    /// `ice_servers` for a `welcome`: fresh TURN REST credentials for `subject`, naming its
+    /// `account` when the ticket had one, so the TURN quota counts per account (a camera's
+    /// subject is its device id).
+    pub(crate) fn ice_servers(
+        &self,
+        subject: &str,
+        account: Option<&str>,
+        host: &str,
+    ) -> Vec<IceServer> {
         let urls = if !self.config.turn_uris.is_empty() {
             self.config.turn_uris.clone()
         } else if let Some(port) = self.turn_port {
@@ -398,9 +405,14 @@ impl Signaling {
         } else {
             return Vec::new();
         };
-        let (username, credential) =
-            self.key
-                .turn_credentials(subject, unix_now(), self.config.ice_credential_ttl_secs);
+        let ttl = self.config.ice_credential_ttl_secs;
+        let (username, credential) = match account {
+            Some(account) => {
+                self.key
+                    .turn_credentials_for_account(subject, account, unix_now(), ttl)
+            }
+            None => self.key.turn_credentials(subject, unix_now(), ttl),
+        };
         vec![IceServer {
             urls,
             username,

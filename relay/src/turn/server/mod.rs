@@ -190,15 +190,12 @@ impl Quotas {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// The quota key of a username: the subject of a REST ticket (`<expiry>:<subject>`), so a
-    /// fresh ticket does not get a fresh quota; otherwise the whole name.
+    /// The quota key of a username: the owning account of a REST ticket that names one
+    /// (camera and viewer tickets from vc-control), else the ticket's subject, else the
+    /// whole name (see [`shared::ticket::turn_quota_key`]), so one account's cameras share
+    /// one quota however many device ids it has.
     fn key(username: &str) -> &str {
-        match username.split_once(':') {
-            Some((exp, subject)) if !exp.is_empty() && exp.bytes().all(|b| b.is_ascii_digit()) => {
-                subject
-            }
-            _ => username,
-        }
+        shared::ticket::turn_quota_key(username)
     }
 
     pub fn acquire(&self, username: &str) -> Result<(), QuotaError> {

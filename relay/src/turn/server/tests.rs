@@ -552,6 +552,31 @@ fn unknown_comprehension_required_attribute_gets_420() {
 }
 
 #[test]
+fn camera_tickets_count_against_their_owners_quota() {
+    // user_quota 2: one account's cameras share it, whatever their device ids.
+    let mut s = server();
+    let now = t0();
+    let tk = shared::ticket::TicketKey::new(&shared::Secret::new("tsecret"));
+    for (i, dev) in ["dev-1", "dev-2"].into_iter().enumerate() {
+        let (user, pass) = tk.turn_credentials_for_account(dev, "acct-a", now.unix, 600);
+        let mut c = Client::new(&user, &pass);
+        allocate(&mut s, now, &mut c, &format!("203.0.113.1:{}", i + 1));
+    }
+    let (user, pass) = tk.turn_credentials_for_account("dev-3", "acct-a", now.unix, 600);
+    let mut c = Client::new(&user, &pass);
+    c.nonce = s.shared.auth.nonce(now.unix).to_vec();
+    let r = c.build(Method::Allocate, true, |b| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    assert_eq!(call(&mut s, now, "203.0.113.1:3", &r).1, Some(486));
+    // Another account's camera has its own quota.
+    let (user, pass) = tk.turn_credentials_for_account("dev-4", "acct-b", now.unix, 600);
+    let mut c = Client::new(&user, &pass);
+    allocate(&mut s, now, &mut c, "203.0.113.2:1");
+    assert_eq!(s.take_stats().failed_quota, 1);
+}
+
+#[test]
 fn quotas_and_port_exhaustion() {
     let now = t0();
     // user_quota 2, max_allocations 3.
