@@ -13,10 +13,14 @@ CREATE TABLE node_leases (
     expires_at_ms BIGINT NOT NULL
 );
 
--- Devices deleted (or revoked) recently: relays learn them from their presence acks and close
--- the cameras' connections. Pruned after an hour (control/src/presence.rs).
-CREATE TABLE device_revocations (
-    device_id     TEXT NOT NULL,
+-- Access revoked recently (control/src/presence.rs): relays learn it from their presence
+-- acks, close the matching connections and refuse tickets issued before it. `device_id` alone:
+-- a deleted or revoked camera; `subject` alone: every ticket of a user (disabled, deleted,
+-- password changed); both: that user's access to that camera (a share revoked). Pruned after
+-- an hour, longer than any ticket lives.
+CREATE TABLE revocations (
+    subject       TEXT,
+    device_id     TEXT,
     revoked_at_ms BIGINT NOT NULL
 );
-CREATE INDEX device_revocations_at ON device_revocations (revoked_at_ms);
+CREATE INDEX revocations_at ON revocations (revoked_at_ms);

@@ -17,7 +17,8 @@
 //!   and epoch: a camera that moved from node A to node B stays online even if A's `offline`
 //!   arrives after B's `online`.
 
-use shared::api::{PresenceAck, PresenceReport};
+use shared::api::{PresenceAck, PresenceReport, Revocation};
+use sqlx::Row;
 use uuid::Uuid;
 
 use crate::db::Db;
@@ -184,8 +185,8 @@ pub async fn apply_report(
     let since = to_i64(report.revoked_since_ms)
         .max(now.saturating_sub(REVOCATION_RETENTION_MS))
         .saturating_sub(REVOCATION_OVERLAP_MS);
-    let revoked: Vec<String> = sqlx::query_scalar(
-        "SELECT device_id FROM device_revocations WHERE revoked_at_ms > $1 \
+    let rows = sqlx::query(
+        "SELECT subject, device_id, revoked_at_ms FROM revocations WHERE revoked_at_ms > $1 \
          ORDER BY revoked_at_ms LIMIT $2",
     )
     .bind(since)
@@ -193,25 +194,48 @@ pub async fn apply_report(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
+    let mut revocations = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let device: Option<String> = r.try_get("device_id")?;
+        revocations.push(Revocation {
+            subject: r.try_get("subject")?,
+            device_id: device.and_then(|d| Uuid::parse_str(&d).ok()),
+            revoked_at_ms: u64::try_from(r.try_get::<i64, _>("revoked_at_ms")?).unwrap_or(0),
+        });
+    }
     Ok(PresenceAck {
         unknown_devices: unknown,
-        revoked_devices: revoked
-            .iter()
-            .filter_map(|id| Uuid::parse_str(id).ok())
-            .collect(),
+        revocations,
         cursor_ms: now_ms,
     })
 }
 
-/// Records that `device` was deleted or revoked: relays close its connection when they next
-/// report (within their heartbeat, 1 s by default).
+/// What to revoke (see [`Revocation`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Revoke<'a> {
+    /// A deleted or revoked camera: its connection closes, its older tickets stop working.
+    Device(Uuid),
+    /// Every ticket and connection of a user (disabled, deleted, logged out everywhere).
+    User(&'a str),
+    /// One user's access to one camera (a share revoked).
+    Access { user: &'a str, device: Uuid },
+}
+
+/// Records a revocation in `tx`: every relay closes the matching connections and refuses
+/// tickets issued before it when it next reports (within its heartbeat, 1 s by default).
 pub async fn revoke(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    device: Uuid,
+    what: Revoke<'_>,
     now_ms: u64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO device_revocations (device_id, revoked_at_ms) VALUES ($1, $2)")
-        .bind(device.to_string())
+    let (subject, device) = match what {
+        Revoke::Device(d) => (None, Some(d.to_string())),
+        Revoke::User(u) => (Some(u.to_owned()), None),
+        Revoke::Access { user, device } => (Some(user.to_owned()), Some(device.to_string())),
+    };
+    sqlx::query("INSERT INTO revocations (subject, device_id, revoked_at_ms) VALUES ($1, $2, $3)")
+        .bind(subject)
+        .bind(device)
         .bind(to_i64(now_ms))
         .execute(&mut **tx)
         .await?;
@@ -226,7 +250,7 @@ pub async fn prune(db: &Db, now_ms: u64) -> Result<u64, sqlx::Error> {
         .bind(now.saturating_sub(LEASE_RETENTION_MS))
         .execute(&db.pool)
         .await?;
-    let revocations = sqlx::query("DELETE FROM device_revocations WHERE revoked_at_ms < $1")
+    let revocations = sqlx::query("DELETE FROM revocations WHERE revoked_at_ms < $1")
         .bind(now.saturating_sub(REVOCATION_RETENTION_MS))
         .execute(&db.pool)
         .await?;

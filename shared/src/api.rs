@@ -144,13 +144,28 @@ pub struct PresenceEvent {
 pub struct PresenceAck {
     /// Reported online but unknown (deleted before the camera connected).
     pub unknown_devices: Vec<Uuid>,
-    /// Deleted or revoked since the report's `revoked_since_ms`.
+    /// Access revoked since the report's `revoked_since_ms`.
     #[serde(default)]
-    pub revoked_devices: Vec<Uuid>,
+    pub revocations: Vec<Revocation>,
     /// The control plane's clock (unix ms) when it answered: the next report's
     /// `revoked_since_ms`.
     #[serde(default)]
     pub cursor_ms: u64,
+}
+
+/// Access taken away: the relay closes the matching connections and refuses tickets issued
+/// (`iat`) at or before `revoked_at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// A user id (viewer tickets' subject). Alone: every ticket of that user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// A device. Alone: the camera (its tickets and connection); with `subject`: that user's
+    /// access to it (a share revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<Uuid>,
+    /// Unix milliseconds.
+    pub revoked_at_ms: u64,
 }
 
 /// Header carrying the signature of an internal (relay -> control) request body.

@@ -14,6 +14,10 @@ pub enum Error {
     /// A signaling token could not be decoded or has the wrong audience/shape.
     #[error("invalid signaling token: {0}")]
     InvalidToken(String),
+    /// The ticket was issued before its access was revoked (camera deleted, user disabled,
+    /// share revoked).
+    #[error("access revoked")]
+    Revoked,
     /// A config file or environment override could not be read or parsed.
     #[error("configuration: {0}")]
     Config(String),

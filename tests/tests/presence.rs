@@ -187,7 +187,7 @@ async fn report_ordering_and_leases(db: Db) -> Result<()> {
     let (s, v) = report(&c, &rep("node-d", 1, 60_000, vec![])).await?;
     ensure!(s == StatusCode::OK, "{s} {v}");
     let ack: PresenceAck = serde_json::from_value(v)?;
-    ensure!(ack.revoked_devices.is_empty(), "{ack:?}");
+    ensure!(ack.revocations.is_empty(), "{ack:?}");
     let (s, _) = c
         .call(
             reqwest::Method::DELETE,
@@ -201,7 +201,12 @@ async fn report_ordering_and_leases(db: Db) -> Result<()> {
     next.revoked_since_ms = ack.cursor_ms;
     let (_, v) = report(&c, &next).await?;
     let ack: PresenceAck = serde_json::from_value(v)?;
-    ensure!(ack.revoked_devices == vec![dev2], "{ack:?}");
+    ensure!(
+        ack.revocations.len() == 1
+            && ack.revocations[0].device_id == Some(dev2)
+            && ack.revocations[0].subject.is_none(),
+        "{ack:?}"
+    );
 
     // Malformed node ids are refused with a clear code.
     let (s, v) = report(&c, &rep("", 1, 60_000, vec![])).await?;

@@ -505,6 +505,12 @@ async fn signaling_end_to_end() -> Result<()> {
     ensure!(s.is_success(), "delete {s} {v}");
     let (code, _) = closed(&mut cam3).await?;
     ensure!(code == 4004, "deleted device closed with {code}");
+    // Its camera ticket, still unexpired and correctly signed, no longer opens a connection.
+    let status = refused(&format!("{ws_base}?token={}", ct3.signaling.token)).await?;
+    ensure!(
+        status == StatusCode::UNAUTHORIZED,
+        "revoked camera ticket got {status}"
+    );
 
     relay.terminate().await?;
     Ok(())

@@ -157,7 +157,12 @@ pub async fn delete(ctx: Ctx, auth: Option<String>, id: String) -> Result<Respon
         return Err(ApiError::NotFound("device"));
     }
     // Its relay connection is closed when the camera's node next reports (about a second).
-    crate::presence::revoke(&mut tx, id, u64::try_from(super::now_ms()).unwrap_or(0)).await?;
+    crate::presence::revoke(
+        &mut tx,
+        crate::presence::Revoke::Device(id),
+        u64::try_from(super::now_ms()).unwrap_or(0),
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

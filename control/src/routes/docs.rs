@@ -128,14 +128,27 @@ pub struct PresenceEventDoc {
     pub conn: u64,
 }
 
+/// `shared::api::Revocation`.
+#[derive(ToSchema)]
+#[schema(as = Revocation)]
+pub struct RevocationDoc {
+    /// A user id; alone: every ticket of that user.
+    pub subject: Option<String>,
+    /// A device; alone: the camera; with `subject`: that user's access to it.
+    pub device_id: Option<Uuid>,
+    /// Unix ms; tickets issued at or before it are refused.
+    pub revoked_at_ms: u64,
+}
+
 /// `shared::api::PresenceAck`.
 #[derive(ToSchema)]
 #[schema(as = PresenceAck)]
 pub struct PresenceAckDoc {
     /// Reported online but unknown (deleted): close them.
     pub unknown_devices: Vec<Uuid>,
-    /// Deleted or revoked since the report's `revoked_since_ms`: close them.
-    pub revoked_devices: Vec<Uuid>,
+    /// Access revoked since the report's `revoked_since_ms`: close the matching connections,
+    /// refuse older tickets.
+    pub revocations: Vec<RevocationDoc>,
     /// Our clock, unix ms: the next report's `revoked_since_ms`.
     pub cursor_ms: u64,
 }

@@ -209,6 +209,7 @@ pub(crate) async fn run(
             tx,
             kill: kill.clone(),
             queued: queued.clone(),
+            viewer_of: (state.role() == Role::Viewer).then(|| Arc::from(state.subject())),
         },
     );
     let welcome = ServerMessage::Welcome {

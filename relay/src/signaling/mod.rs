@@ -8,6 +8,7 @@
 pub mod connection;
 pub mod metrics;
 pub mod presence;
+pub mod revocations;
 pub mod router;
 pub mod server;
 

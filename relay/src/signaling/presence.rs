@@ -337,8 +337,11 @@ pub(crate) async fn run(sig: Arc<Signaling>, mut rx: mpsc::UnboundedReceiver<Pre
                 }
                 if let Some(ack) = ack {
                     header.revoked_since_ms = ack.cursor_ms;
-                    for device in ack.unknown_devices.into_iter().chain(ack.revoked_devices) {
+                    for device in ack.unknown_devices {
                         sig.router.close_device(device, &mut out);
+                    }
+                    for rev in &ack.revocations {
+                        sig.revoke(rev, &mut out);
                     }
                 }
                 sig.deliver(&mut out);

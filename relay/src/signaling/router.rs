@@ -36,6 +36,12 @@ use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
 use shared::ticket::{Role, SignalingClaims, TicketKey};
 use uuid::Uuid;
 
+use super::revocations::Revocations;
+
+/// Revocations are kept this long (seconds): longer than any ticket lives (vc-control's
+/// `ticket_ttl_secs` defaults to 600), as long as vc-control keeps them.
+const REVOCATION_KEEP_SECS: u64 = 3600;
+
 /// A connection's id, unique for the life of the process (assigned by the driver).
 pub type ConnId = u64;
 
@@ -68,6 +74,8 @@ pub enum CloseReason {
     Unauthorized,
     /// The relay is shutting down.
     Shutdown,
+    /// vc-control revoked this connection's access (user disabled, share revoked, ...).
+    Revoked,
 }
 
 impl CloseReason {
@@ -81,6 +89,7 @@ impl CloseReason {
             CloseReason::Idle => "idle timeout",
             CloseReason::Unauthorized => "unauthorized",
             CloseReason::Shutdown => "relay shutting down",
+            CloseReason::Revoked => "access revoked",
         }
     }
 
@@ -95,6 +104,7 @@ impl CloseReason {
             CloseReason::Idle => 4000,
             CloseReason::Unauthorized => 4003,
             CloseReason::Shutdown => 1001,
+            CloseReason::Revoked => 4005,
         }
     }
 }
@@ -164,6 +174,8 @@ pub struct ConnState {
     sessions: Vec<Uuid>,
     /// Token expiry, unix seconds.
     expires_at: u64,
+    /// Token issue time, unix seconds (revocations refuse tickets issued before them).
+    issued_at: u64,
 }
 
 impl ConnState {
@@ -176,6 +188,7 @@ impl ConnState {
             devices: claims.devices,
             sessions: Vec::new(),
             expires_at: claims.exp,
+            issued_at: claims.iat,
         }
     }
 
@@ -231,6 +244,8 @@ pub struct Router {
     viewers: AtomicUsize,
     /// Clustered: this node's name. `None`: single node, no remote destinations ever.
     node: Option<NodeName>,
+    /// Access vc-control revoked recently: older tickets are refused.
+    revocations: Revocations,
     /// Clustered: a local viewer's sessions with cameras on other nodes (the driver opens them,
     /// so they cannot live in the viewer-owned [`ConnState`]).
     remote_viewers: DashMap<ConnId, Vec<Uuid>>,
@@ -289,6 +304,7 @@ impl Router {
             sessions: DashMap::new(),
             viewers: AtomicUsize::new(0),
             node: None,
+            revocations: Revocations::new(REVOCATION_KEEP_SECS),
             remote_viewers: DashMap::new(),
         }
     }
@@ -306,9 +322,19 @@ impl Router {
         self.node.as_ref()
     }
 
-    /// Verifies a signaling token at `now` (unix seconds).
+    /// Verifies a signaling token at `now` (unix seconds): signature, expiry, and that it was
+    /// not issued before a revocation of its user or camera.
     pub fn authenticate(&self, token: &str, now: u64) -> Result<SignalingClaims, shared::Error> {
-        self.key.verify_signaling(token, now)
+        let claims = self.key.verify_signaling(token, now)?;
+        if self.revocations.refuses(&claims) {
+            return Err(shared::Error::Revoked);
+        }
+        Ok(claims)
+    }
+
+    /// Revocations vc-control reported (see [`Revocations`]).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Connected cameras.
@@ -525,6 +551,18 @@ impl Router {
             ));
             return;
         }
+        if self
+            .revocations
+            .refuses_access(&conn.subject, device, conn.issued_at)
+        {
+            out.push(error(
+                me,
+                ErrorCode::Forbidden,
+                "access to this device was revoked",
+                reference,
+            ));
+            return;
+        }
         // Drop ids of sessions the camera side has ended since.
         conn.sessions.retain(|s| {
             self.sessions
@@ -734,7 +772,7 @@ impl Router {
     /// expiry. A viewer's device list is replaced by the new token's.
     fn refresh(&self, now: u64, conn: &mut ConnState, token: &str, out: &mut Vec<Delivery>) {
         let me = conn.id;
-        let claims = match self.key.verify_signaling(token, now) {
+        let claims = match self.authenticate(token, now) {
             Ok(c) => c,
             Err(e) => {
                 out.push(error(
@@ -759,6 +797,7 @@ impl Router {
             return;
         }
         conn.expires_at = claims.exp;
+        conn.issued_at = claims.iat;
         if conn.role == Role::Viewer {
             conn.devices = claims.devices;
         }

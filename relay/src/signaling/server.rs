@@ -143,6 +143,8 @@ pub(crate) struct ConnHandle {
     pub(crate) kill: Arc<Kill>,
     /// Bytes queued for the connection and not yet flushed to its socket.
     pub(crate) queued: Arc<AtomicUsize>,
+    /// A viewer's subject (user id), so a revocation can find its connections.
+    pub(crate) viewer_of: Option<Arc<str>>,
 }
 
 /// The signaling plane: router, live connections, config, metrics. Shared by all tasks.
@@ -272,6 +274,24 @@ impl Signaling {
             signaling,
             shutdown: shutdown_tx,
             tasks,
+        }
+    }
+
+    /// Applies a revocation from vc-control: older tickets are refused from now on, and the
+    /// matching connections closed (a revoked user's or share's viewer connections all close;
+    /// the viewer app reconnects with a fresh ticket, which no longer names what it lost).
+    pub(crate) fn revoke(&self, rev: &shared::api::Revocation, out: &mut Vec<Delivery>) {
+        self.router.revocations().insert(rev, unix_now());
+        match (&rev.subject, rev.device_id) {
+            (None, Some(device)) => self.router.close_device(device, out),
+            (Some(user), _) => {
+                for conn in self.conns.iter() {
+                    if conn.viewer_of.as_deref() == Some(user.as_str()) {
+                        conn.kill.fire(CloseReason::Revoked);
+                    }
+                }
+            }
+            (None, None) => {}
         }
     }
 
