@@ -4,6 +4,7 @@
 //!
 //! [`run`] serves on a listener the caller bound, so `main` and in-process tests share it.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod db;

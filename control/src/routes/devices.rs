@@ -163,6 +163,18 @@ pub async fn delete(ctx: Ctx, auth: Option<String>, id: String) -> Result<Respon
         u64::try_from(super::now_ms()).unwrap_or(0),
     )
     .await?;
+    let target = id.to_string();
+    crate::audit::record(
+        &mut *tx,
+        crate::audit::Record {
+            actor: Some(user),
+            action: crate::audit::Action::DeviceDeleted,
+            target: Some(&target),
+            client_ip: None,
+            detail: serde_json::json!({}),
+        },
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
