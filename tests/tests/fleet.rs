@@ -119,7 +119,10 @@ async fn wait_status(
 async fn two_controls_two_relays_one_fleet() -> Result<()> {
     let nats = Nats::start().await?;
     let db = fresh_postgres_url().await?;
-    let env = [("VC_JWT_SECRET", JWT_SECRET)];
+    let env = [
+        ("VC_JWT_SECRET", JWT_SECRET),
+        ("VC_LOGIN_MAX_FAILURES", "4"),
+    ];
     let ctl_a = Control::start_on(&db, SECRET, &env).await?;
     let ctl_b = Control::start_on(&db, SECRET, &env).await?;
     let relay_a = node("node-a", &nats, &ctl_a).await?;
@@ -128,6 +131,23 @@ async fn two_controls_two_relays_one_fleet() -> Result<()> {
     // A JWT from one instance works on the other.
     let jwt = ctl_a.user("family@example.com").await?;
     ensure!(ctl_b.devices(&jwt).await?.is_empty());
+
+    // Failed logins count across instances: 2 on A and 2 on B exhaust a limit of 4.
+    let wrong = json!({"email": "family@example.com", "password": "not-the-password"});
+    for c in [&ctl_a, &ctl_b, &ctl_a, &ctl_b] {
+        let (s, v) = c
+            .call(Method::POST, "/api/login", None, Some(wrong.clone()))
+            .await?;
+        ensure!(s == StatusCode::UNAUTHORIZED, "wrong password {s} {v}");
+    }
+    let right = json!({"email": "family@example.com", "password": "password123"});
+    let (s, v) = ctl_a
+        .call(Method::POST, "/api/login", None, Some(right))
+        .await?;
+    ensure!(
+        s == StatusCode::TOO_MANY_REQUESTS,
+        "limit not shared across instances: {s} {v}"
+    );
 
     // Onboard on A, long-poll on B, activate on A: B's long-poll answers.
     let (s, ob) = ctl_a
