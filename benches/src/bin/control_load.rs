@@ -9,16 +9,14 @@
 //! Operations: onboard (includes QR PNG + SVG rendering), activate (of the tokens the
 //! onboard phase made), devices list (a user with 10 devices), viewer ticket issue.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use vc_benches::{start_server, user};
 
 struct Opts {
     dbs: Vec<String>,
@@ -53,85 +51,6 @@ fn parse_args() -> Result<Opts> {
         }
     }
     Ok(o)
-}
-
-/// The running server; killed on drop.
-struct Server {
-    _child: Child,
-    base: String,
-    _data: tempfile::TempDir,
-}
-
-async fn start_server(db: &str, pg: &str) -> Result<Server> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().context("exe dir")?.join("vc-control");
-    ensure!(
-        bin.exists(),
-        "{} missing: cargo build --release -p control",
-        bin.display()
-    );
-    let data = tempfile::tempdir()?;
-    let url = if db == "sqlite" {
-        format!("sqlite://{}/bench.db?mode=rwc", data.path().display())
-    } else {
-        let name = format!("vc_bench_{}", uuid::Uuid::new_v4().simple());
-        let st = Command::new("psql")
-            .arg(format!("{pg}/postgres"))
-            .arg("-qc")
-            .arg(format!("CREATE DATABASE {name}"))
-            .status()
-            .await?;
-        ensure!(st.success(), "CREATE DATABASE failed");
-        format!("{pg}/{name}")
-    };
-    let mut child = Command::new(bin)
-        .env("VC_LISTEN", "127.0.0.1:0")
-        .env("VC_DATABASE_URL", url)
-        .env("VC_DATA_DIR", data.path())
-        .env("VC_ARGON2__MEMORY_KIB", "1024")
-        .env("VC_ARGON2__ITERATIONS", "1")
-        .env("VC_DB_MAX_CONNECTIONS", "16")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let mut base = None;
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(addr) = line.strip_prefix("listening http ") {
-                base = Some(format!("http://{addr}"));
-            }
-            if line == "ready" {
-                break;
-            }
-        }
-        Ok::<_, anyhow::Error>(())
-    })
-    .await??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Server {
-        _child: child,
-        base: base.context("no listening line")?,
-        _data: data,
-    })
-}
-
-async fn user(http: &reqwest::Client, base: &str, email: &str) -> Result<String> {
-    let creds = json!({"email": email, "password": "password123"});
-    http.post(format!("{base}/api/register"))
-        .json(&creds)
-        .send()
-        .await?;
-    let v: Value = http
-        .post(format!("{base}/api/login"))
-        .json(&creds)
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(v["access_token"].as_str().context("token")?.to_owned())
 }
 
 struct Outcome {
@@ -205,7 +124,7 @@ fn report(db: &str, name: &str, o: &Outcome) {
 }
 
 async fn bench_db(db: &str, opts: &Opts) -> Result<()> {
-    let server = start_server(db, &opts.pg).await?;
+    let server = start_server(db, &opts.pg, &[("VC_DB_MAX_CONNECTIONS", "16")]).await?;
     let base = Arc::new(server.base.clone());
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency * 2)
