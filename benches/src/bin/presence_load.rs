@@ -304,8 +304,7 @@ async fn main() -> Result<()> {
     ensure!(online as usize == o.cameras, "{online} online");
     let lat = std::mem::replace(&mut *driver.latency.lock().await, Histogram::new(3)?);
     println!(
-        "| {} | {secs:.1} | {reports} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {} |",
-        "all connect",
+        "| all connect | {secs:.1} | {reports} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {} |",
         (d1 - d0) as f64 / secs,
         (l1 - l0) as f64 / secs,
         (w1 - w0) as f64 / secs / 1024.0,
