@@ -9,6 +9,7 @@
 pub mod control;
 pub mod signaling_client;
 pub mod stack;
+pub mod viewer;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

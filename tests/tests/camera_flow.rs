@@ -6,37 +6,16 @@
 //! get `camera_offline`).
 
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use base64::Engine as _;
-use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use shared::api::TicketResponse;
-use shared::signaling::{ClientMessage, ErrorCode, IceCandidate, IceServer, ServerMessage};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
+use shared::signaling::ServerMessage;
 use uuid::Uuid;
-use webrtc::api::interceptor_registry::register_default_interceptors;
-use webrtc::api::media_engine::MediaEngine;
-use webrtc::api::APIBuilder;
-use webrtc::data_channel::data_channel_message::DataChannelMessage;
-use webrtc::data_channel::RTCDataChannel;
+use vc_tests::viewer::{viewer_connect, viewer_until_online, Connect};
 use webrtc::ice::candidate::CandidateType;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
-use webrtc::ice_transport::ice_server::RTCIceServer;
-use webrtc::interceptor::registry::Registry;
-use webrtc::media::io::sample_builder::SampleBuilder;
-use webrtc::peer_connection::configuration::RTCConfiguration;
-use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
-use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::peer_connection::RTCPeerConnection;
-use webrtc::rtp::codecs::vp8::Vp8Packet;
-use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
-use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
-use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
-use webrtc::stats::StatsReportType;
 
 const TEST_DEADLINE: Duration = Duration::from_secs(150);
 
@@ -171,279 +150,6 @@ async fn camera_onboard(args: &[&str]) -> Result<(bool, String, String)> {
     ))
 }
 
-/// A Rust viewer: one signaling connection, one relay-only peer connection.
-struct Viewer {
-    pc: Arc<RTCPeerConnection>,
-    dc: Arc<RTCDataChannel>,
-    counters: mpsc::UnboundedReceiver<u64>,
-    replies: mpsc::UnboundedReceiver<String>,
-    /// Signaling messages not consumed by the call itself (`bye`, `error`, ...).
-    events: mpsc::UnboundedReceiver<ServerMessage>,
-    outbox: mpsc::UnboundedSender<ClientMessage>,
-    session_id: Uuid,
-}
-
-enum Connect {
-    Session(Box<Viewer>),
-    CameraOffline,
-}
-
-/// The next signaling message (10 s at most).
-async fn next_message<S>(stream: &mut S) -> Result<ServerMessage>
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => {
-                return serde_json::from_str::<ServerMessage>(&t).context("server message")
-            }
-            Ok(Some(Ok(_))) => continue,
-            other => bail!("signaling ended: {other:?}"),
-        }
-    }
-}
-
-async fn viewer_connect(api: &Api, device_id: Uuid) -> Result<Connect> {
-    let ticket = api.viewer_ticket(device_id).await?;
-    let url = format!("{}?token={}", ticket.signaling.url, ticket.signaling.token);
-    let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .context("viewer websocket")?;
-    let (mut sink, mut stream) = ws.split();
-    let ice_servers: Vec<IceServer> = match next_message(&mut stream).await? {
-        ServerMessage::Welcome { ice_servers, .. } => ice_servers,
-        other => bail!("expected welcome, got {other:?}"),
-    };
-    ensure!(!ice_servers.is_empty(), "welcome names TURN servers");
-    let connect = serde_json::to_string(&ClientMessage::Connect { device_id })?;
-    sink.send(Message::text(connect)).await?;
-    let session_id = match next_message(&mut stream).await? {
-        ServerMessage::Session { session_id, .. } => session_id,
-        ServerMessage::Error {
-            code: ErrorCode::CameraOffline,
-            ..
-        } => return Ok(Connect::CameraOffline),
-        other => bail!("expected session, got {other:?}"),
-    };
-
-    let mut media = MediaEngine::default();
-    media.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
-    let webrtc_api = APIBuilder::new()
-        .with_media_engine(media)
-        .with_interceptor_registry(registry)
-        .build();
-    let pc = Arc::new(
-        webrtc_api
-            .new_peer_connection(RTCConfiguration {
-                ice_servers: ice_servers
-                    .iter()
-                    .map(|s| RTCIceServer {
-                        urls: s.urls.clone(),
-                        username: s.username.clone(),
-                        credential: s.credential.clone(),
-                    })
-                    .collect(),
-                ice_transport_policy: RTCIceTransportPolicy::Relay,
-                ..Default::default()
-            })
-            .await?,
-    );
-    pc.add_transceiver_from_kind(
-        RTPCodecType::Video,
-        Some(RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            send_encodings: vec![],
-        }),
-    )
-    .await?;
-    let (counter_tx, counters) = mpsc::unbounded_channel();
-    pc.on_track(Box::new(move |track, _, _| {
-        let counter_tx = counter_tx.clone();
-        tokio::spawn(async move {
-            let mut builder = SampleBuilder::new(128, Vp8Packet::default(), 90_000);
-            let Ok(mut decoder) = camera::vp8::Vp8Decoder::new() else {
-                return;
-            };
-            while let Ok((packet, _)) = track.read_rtp().await {
-                builder.push(packet);
-                while let Some(sample) = builder.pop() {
-                    if let Ok(Some(luma)) = decoder.decode(&sample.data) {
-                        if let Some(n) =
-                            camera::pattern::read_counter(&luma.y, luma.width, luma.height)
-                        {
-                            let _ = counter_tx.send(n);
-                        }
-                    }
-                }
-            }
-        });
-        Box::pin(async {})
-    }));
-    let dc = pc.create_data_channel("control", None).await?;
-    let (reply_tx, replies) = mpsc::unbounded_channel();
-    dc.on_message(Box::new(move |msg: DataChannelMessage| {
-        let _ = reply_tx.send(String::from_utf8_lossy(&msg.data).into_owned());
-        Box::pin(async {})
-    }));
-    let (outbox, mut out_rx) = mpsc::unbounded_channel::<ClientMessage>();
-    let cand_out = outbox.clone();
-    pc.on_ice_candidate(Box::new(move |c| {
-        if let Some(init) = c.and_then(|c| c.to_json().ok()) {
-            let _ = cand_out.send(ClientMessage::Candidate {
-                session_id,
-                candidate: IceCandidate {
-                    candidate: init.candidate,
-                    sdp_mid: init.sdp_mid,
-                    sdp_mline_index: init.sdp_mline_index,
-                    username_fragment: init.username_fragment,
-                },
-            });
-        }
-        Box::pin(async {})
-    }));
-    let offer = pc.create_offer(None).await?;
-    pc.set_local_description(offer.clone()).await?;
-    outbox.send(ClientMessage::Offer {
-        session_id,
-        sdp: offer.sdp,
-    })?;
-
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let task_pc = pc.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                out = out_rx.recv() => {
-                    let Some(msg) = out else { break };
-                    let text = serde_json::to_string(&msg).unwrap_or_default();
-                    if sink.send(Message::text(text)).await.is_err() {
-                        break;
-                    }
-                }
-                incoming = stream.next() => {
-                    let text = match incoming {
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(_)) => continue,
-                        _ => break,
-                    };
-                    let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else { continue };
-                    match msg {
-                        ServerMessage::Answer { sdp, .. } => {
-                            if let Ok(answer) = RTCSessionDescription::answer(sdp) {
-                                let _ = task_pc.set_remote_description(answer).await;
-                            }
-                        }
-                        ServerMessage::Candidate { candidate, .. } => {
-                            let _ = task_pc
-                                .add_ice_candidate(RTCIceCandidateInit {
-                                    candidate: candidate.candidate,
-                                    sdp_mid: candidate.sdp_mid,
-                                    sdp_mline_index: candidate.sdp_mline_index,
-                                    username_fragment: candidate.username_fragment,
-                                })
-                                .await;
-                        }
-                        other => {
-                            let _ = events_tx.send(other);
-                        }
-                    }
-                }
-            }
-        }
-    });
-    Ok(Connect::Session(Box::new(Viewer {
-        pc,
-        dc,
-        counters,
-        replies,
-        events,
-        outbox,
-        session_id,
-    })))
-}
-
-/// Connects, retrying while the relay says the camera is offline (it is still connecting).
-async fn viewer_until_online(api: &Api, device_id: Uuid, within: Duration) -> Result<Viewer> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match viewer_connect(api, device_id).await {
-            Ok(Connect::Session(v)) => return Ok(*v),
-            Ok(Connect::CameraOffline) | Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Ok(Connect::CameraOffline) => bail!("camera still offline after {within:?}"),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-impl Viewer {
-    /// Waits for `n` decoded frames with increasing counters.
-    async fn frames(&mut self, n: usize) -> Result<Vec<u64>> {
-        let mut seen = Vec::new();
-        let got = tokio::time::timeout(Duration::from_secs(30), async {
-            while seen.len() < n {
-                match self.counters.recv().await {
-                    Some(c) => seen.push(c),
-                    None => break,
-                }
-            }
-        })
-        .await;
-        ensure!(
-            got.is_ok() && seen.len() >= n,
-            "only {} decoded frames arrived",
-            seen.len()
-        );
-        ensure!(
-            seen.windows(2).all(|w| w[0] < w[1]),
-            "frame counters must increase: {seen:?}"
-        );
-        Ok(seen)
-    }
-
-    async fn ask(&mut self, command: &str) -> Result<String> {
-        tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                if self.dc.send_text(command).await.is_ok() {
-                    if let Ok(Some(r)) =
-                        tokio::time::timeout(Duration::from_millis(500), self.replies.recv()).await
-                    {
-                        return r;
-                    }
-                } else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        })
-        .await
-        .with_context(|| format!("no answer to {command:?}"))
-    }
-
-    /// The nominated candidate pair's local candidate type.
-    async fn selected_local_type(&self) -> Option<CandidateType> {
-        let stats = self.pc.get_stats().await;
-        let pair = stats.reports.values().find_map(|r| match r {
-            StatsReportType::CandidatePair(p) if p.nominated => Some(p.local_candidate_id.clone()),
-            _ => None,
-        })?;
-        stats.reports.values().find_map(|r| match r {
-            StatsReportType::LocalCandidate(c) if c.id == pair => Some(c.candidate_type),
-            _ => None,
-        })
-    }
-
-    async fn close(self) {
-        let _ = self.outbox.send(ClientMessage::Bye {
-            session_id: self.session_id,
-            reason: None,
-        });
-        let _ = self.pc.close().await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn camera_onboards_streams_through_relay_and_survives_faults() -> Result<()> {
     tokio::time::timeout(TEST_DEADLINE, flow())
@@ -551,7 +257,12 @@ async fn flow() -> Result<()> {
         &[],
     )
     .await?;
-    let mut viewer = viewer_until_online(&api, device_id, Duration::from_secs(15)).await?;
+    let mut viewer = viewer_until_online(
+        || api.viewer_ticket(device_id),
+        device_id,
+        Duration::from_secs(15),
+    )
+    .await?;
     let first = viewer.frames(30).await?;
     ensure!(
         viewer.selected_local_type().await == Some(CandidateType::Relay),
@@ -565,7 +276,12 @@ async fn flow() -> Result<()> {
     );
 
     // A second viewer at the same time sees the same live counter.
-    let mut second = viewer_until_online(&api, device_id, Duration::from_secs(5)).await?;
+    let mut second = viewer_until_online(
+        || api.viewer_ticket(device_id),
+        device_id,
+        Duration::from_secs(5),
+    )
+    .await?;
     let s = second.frames(10).await?;
     ensure!(s[0] > first[0]);
     viewer.frames(5).await?;
@@ -584,7 +300,12 @@ async fn flow() -> Result<()> {
         })
         .collect();
     let relay = start_relay(env).await?;
-    let mut again = viewer_until_online(&api, device_id, Duration::from_secs(30)).await?;
+    let mut again = viewer_until_online(
+        || api.viewer_ticket(device_id),
+        device_id,
+        Duration::from_secs(30),
+    )
+    .await?;
     again.frames(10).await?;
     ensure!(again.ask("ping").await? == "pong");
 
@@ -603,8 +324,10 @@ async fn flow() -> Result<()> {
     ensure!(ended, "the viewer's session ends when the camera goes away");
     let offline = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Ok(Connect::CameraOffline) = viewer_connect(&api, device_id).await {
-                return;
+            if let Ok(ticket) = api.viewer_ticket(device_id).await {
+                if let Ok(Connect::CameraOffline) = viewer_connect(&ticket, device_id).await {
+                    return;
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
