@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod signaling;
 pub mod stun;
+pub mod tls;
 pub mod turn;
 
 pub use config::RelayConfig;
@@ -51,6 +52,8 @@ pub struct Relay {
     pub clustered: bool,
     drain: Duration,
     admin_task: tokio::task::JoinHandle<()>,
+    /// Reloads the TLS certificate (SIGHUP, mtime), when TLS is on.
+    tls_task: Option<tokio::task::JoinHandle<()>>,
     signaling: signaling::SignalingHandle,
     turn: turn::TurnService,
 }
@@ -63,6 +66,15 @@ impl Relay {
         let signaling_addr = listeners.signaling.local_addr()?;
         let admin_task = tokio::spawn(admin::serve(listeners.admin, metrics));
         let ticket_key = shared::ticket::TicketKey::new(&config.resolve_ticket_secret()?);
+        // A configured certificate that cannot be loaded stops startup: no silent plaintext.
+        let tls = config.load_tls()?;
+        let tls_task = match &tls {
+            Some(cert) => {
+                let check = Duration::from_secs(config.tls.reload_check_secs);
+                Some(tokio::spawn(cert.clone().watch(check)?))
+            }
+            None => None,
+        };
         let turn = turn::TurnService::start(&config.turn, Some(ticket_key.clone()))?;
         if let Err(e) = signaling::raise_fd_limit() {
             tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE");
@@ -78,6 +90,7 @@ impl Relay {
             turn_port,
             link,
             config.cluster.node_id.clone(),
+            tls.as_ref().map(|c| c.acceptor(&[tls::ALPN_HTTP1])),
         );
         // With `[cluster] nats_url` set, the NATS driver runs beside the WebSocket driver.
         let clustered = queue.is_some();
@@ -92,6 +105,7 @@ impl Relay {
             clustered,
             drain: Duration::from_secs(config.drain_secs),
             admin_task,
+            tls_task,
             signaling,
             turn,
         })
@@ -104,6 +118,9 @@ impl Relay {
             .await;
         self.turn.drain(self.drain).await;
         self.admin_task.abort();
+        if let Some(t) = self.tls_task {
+            t.abort();
+        }
     }
 }
 

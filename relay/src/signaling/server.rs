@@ -157,6 +157,8 @@ pub struct Signaling {
     /// Clustered: the bounded queue to the NATS driver (`crate::cluster`).
     cluster: Option<crate::cluster::ClusterLink>,
     turn_port: Option<u16>,
+    /// Set when `[tls]` is configured: the listener speaks `wss://` only.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     next_id: AtomicU64,
     limit: Arc<Semaphore>,
     /// This node's name in presence reports and the cluster (`[cluster] node_id`).
@@ -213,11 +215,12 @@ impl Signaling {
         turn_port: Option<u16>,
     ) -> SignalingHandle {
         let node_id = crate::cluster::ClusterConfig::default().node_id;
-        Self::start_clustered(config, key, listener, turn_port, None, node_id)
+        Self::start_clustered(config, key, listener, turn_port, None, node_id, None)
     }
 
     /// [`Self::start`] as one node of a cluster: `cluster` links the router to the NATS driver,
-    /// which the caller starts next ([`crate::cluster::spawn`]).
+    /// which the caller starts next ([`crate::cluster::spawn`]). With `tls`, every connection
+    /// is a TLS handshake first (`wss://`).
     pub fn start_clustered(
         config: SignalingConfig,
         key: TicketKey,
@@ -225,6 +228,7 @@ impl Signaling {
         turn_port: Option<u16>,
         cluster: Option<crate::cluster::ClusterLink>,
         node_id: String,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> SignalingHandle {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (presence_tx, presence_rx) = if config.control_url.is_empty() {
@@ -255,6 +259,7 @@ impl Signaling {
             ws_config,
             presence: presence_tx,
             turn_port,
+            tls,
             next_id: AtomicU64::new(1),
             limit: Arc::new(Semaphore::new(config.max_connections)),
             node_id,
@@ -507,13 +512,21 @@ async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr, ip_sl
         }
         Ok(resp)
     };
-    // One deadline for the whole upgrade, not per read: a client trickling bytes is cut too.
+    // One deadline for the whole upgrade (TLS handshake included), not per read: a client
+    // trickling bytes is cut too.
     let timeout = Duration::from_millis(sig.config.handshake_timeout_ms.max(1));
-    let accepted = tokio::time::timeout(
-        timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(sig.ws_config)),
-    )
-    .await;
+    let handshake = async {
+        let stream = match &sig.tls {
+            Some(tls) => {
+                crate::tls::Stream::Tls(Box::new(tls.accept(stream).await.map_err(|e| {
+                    tokio_tungstenite::tungstenite::Error::Io(std::io::Error::other(e))
+                })?))
+            }
+            None => crate::tls::Stream::Plain(stream),
+        };
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(sig.ws_config)).await
+    };
+    let accepted = tokio::time::timeout(timeout, handshake).await;
     let ws = match accepted {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
