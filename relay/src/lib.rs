@@ -48,6 +48,8 @@ pub struct Relay {
     pub turn_udp_addr: SocketAddr,
     /// Bound TURN TCP address, when TURN over TCP is enabled.
     pub turn_tcp_addr: Option<SocketAddr>,
+    /// Bound TURN-over-TLS address, when `[tls]` is configured and `turn.tls_listen` is set.
+    pub turn_tls_addr: Option<SocketAddr>,
     /// True when this node routes across NATS (`[cluster] nats_url` set).
     pub clustered: bool,
     drain: Duration,
@@ -81,6 +83,13 @@ impl Relay {
         }
         // The TURN port advertised in `welcome.ice_servers` when `signaling.turn_uris` is empty.
         let turn_port = Some(turn.udp_addr.port());
+        let turn_tls_addr = match &tls {
+            Some(cert) if !config.turn.tls_listen.is_empty() => Some(
+                turn.serve_tls(&config.turn.tls_listen, cert.acceptor(&[tls::ALPN_TURN]))
+                    .await?,
+            ),
+            _ => None,
+        };
         let (link, queue) =
             cluster::link(&config.cluster).map_or((None, None), |(l, q)| (Some(l), Some(q)));
         let signaling = signaling::Signaling::start_clustered(
@@ -90,7 +99,10 @@ impl Relay {
             turn_port,
             link,
             config.cluster.node_id.clone(),
-            tls.as_ref().map(|c| c.acceptor(&[tls::ALPN_HTTP1])),
+            tls.as_ref().map(|c| signaling::SignalingTls {
+                acceptor: c.acceptor(&[tls::ALPN_HTTP1]),
+                turns_port: turn_tls_addr.map(|a| a.port()),
+            }),
         );
         // With `[cluster] nats_url` set, the NATS driver runs beside the WebSocket driver.
         let clustered = queue.is_some();
@@ -102,6 +114,7 @@ impl Relay {
             signaling_addr,
             turn_udp_addr: turn.udp_addr,
             turn_tcp_addr: turn.tcp_addr,
+            turn_tls_addr,
             clustered,
             drain: Duration::from_secs(config.drain_secs),
             admin_task,

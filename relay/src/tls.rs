@@ -11,6 +11,8 @@ use tokio_rustls::server::TlsStream;
 
 /// ALPN of WebSocket signaling (the upgrade is HTTP/1.1).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN of TURN over TLS (RFC 7443).
+pub const ALPN_TURN: &[u8] = b"stun.turn";
 
 /// A signaling connection's transport. One concrete type (not a generic) keeps a single
 /// compiled copy of the connection code; the match per read is noise next to the syscall.

@@ -89,7 +89,18 @@ async fn wss_welcome_plaintext_refused_sighup_reload() -> Result<()> {
 
     let (mut old, der) = wss_connect(&addr, &camera_query(), &a.der).await?;
     ensure!(der == a.der, "served the configured certificate");
-    expect_welcome(&mut old).await?;
+    // welcome advertises TURN over TLS next to UDP and TCP (host: the upgrade's Host header).
+    let turns = format!(
+        "turns:localhost:{}?transport=tcp",
+        relay.addr("turn-tls").rsplit_once(':').context("port")?.1
+    );
+    match recv(&mut old).await? {
+        ServerMessage::Welcome { ice_servers, .. } => ensure!(
+            ice_servers.iter().any(|s| s.urls.contains(&turns)),
+            "no {turns} in {ice_servers:?}"
+        ),
+        other => bail!("expected welcome, got {other:?}"),
+    }
 
     // Plaintext WebSocket to the TLS port: refused promptly, not hung, relay unaffected.
     let plain = tokio::time::timeout(STEP, ws_connect(&format!("ws://{addr}{}", camera_query())))

@@ -159,6 +159,8 @@ pub struct Signaling {
     turn_port: Option<u16>,
     /// Set when `[tls]` is configured: the listener speaks `wss://` only.
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The TURN-over-TLS port advertised as `turns:` when `turn_uris` is empty.
+    turns_port: Option<u16>,
     next_id: AtomicU64,
     limit: Arc<Semaphore>,
     /// This node's name in presence reports and the cluster (`[cluster] node_id`).
@@ -169,6 +171,14 @@ pub struct Signaling {
     /// `max_queued_bytes`, but never below one largest message (it must fit in the queue).
     max_queued_bytes: usize,
     pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// TLS of the signaling plane (`[tls]` configured).
+pub struct SignalingTls {
+    /// Handshakes of the `wss://` listener.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// TURN-over-TLS port for `turns:` in `welcome.ice_servers` (None: not listening).
+    pub turns_port: Option<u16>,
 }
 
 /// Returned by [`Signaling::start`]: stops the plane.
@@ -228,7 +238,7 @@ impl Signaling {
         turn_port: Option<u16>,
         cluster: Option<crate::cluster::ClusterLink>,
         node_id: String,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<SignalingTls>,
     ) -> SignalingHandle {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (presence_tx, presence_rx) = if config.control_url.is_empty() {
@@ -259,7 +269,8 @@ impl Signaling {
             ws_config,
             presence: presence_tx,
             turn_port,
-            tls,
+            turns_port: tls.as_ref().and_then(|t| t.turns_port),
+            tls: tls.map(|t| t.acceptor),
             next_id: AtomicU64::new(1),
             limit: Arc::new(Semaphore::new(config.max_connections)),
             node_id,
@@ -396,10 +407,15 @@ impl Signaling {
         let urls = if !self.config.turn_uris.is_empty() {
             self.config.turn_uris.clone()
         } else if let Some(port) = self.turn_port {
-            vec![
+            let mut urls = vec![
                 format!("turn:{host}:{port}?transport=udp"),
                 format!("turn:{host}:{port}?transport=tcp"),
-            ]
+            ];
+            // TURN over TLS gets through proxies and firewalls that only pass TLS.
+            if let Some(tls) = self.turns_port {
+                urls.push(format!("turns:{host}:{tls}?transport=tcp"));
+            }
+            urls
         } else {
             return Vec::new();
         };

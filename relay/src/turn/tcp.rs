@@ -110,13 +110,15 @@ impl Drop for IpSlot {
     }
 }
 
-/// Accepts connections until `draining` turns true.
+/// Accepts connections until `draining` turns true. With `tls`, each connection is a TLS
+/// handshake first (TURN over TLS), which counts inside the first-message deadline.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     pool: Arc<PortPool>,
     limits: TcpLimits,
     mut draining: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let limit = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let per_ip = Arc::new(PerIp::default());
@@ -142,13 +144,52 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let pool = pool.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             metrics::gauge!("vc_relay_turn_tcp_connections_active").increment(1.0);
-            let _ = connection(stream, peer, shared, pool, limits).await;
+            let opened = Instant::now();
+            match tls {
+                None => {
+                    let _ = connection_since(stream, peer, shared, pool, limits, opened).await;
+                }
+                Some(acceptor) => {
+                    if let Some(tls) = tls_handshake(&acceptor, stream, &limits).await {
+                        let _ = connection_since(tls, peer, shared, pool, limits, opened).await;
+                    }
+                }
+            }
             metrics::gauge!("vc_relay_turn_tcp_connections_active").decrement(1.0);
             drop(permit);
             drop(slot);
         });
+    }
+}
+
+/// The server side of a TLS handshake within the first-message deadline (a client that opens
+/// TCP and never finishes its ClientHello is cut like one that never sends STUN).
+pub(crate) async fn tls_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: S,
+    limits: &TcpLimits,
+) -> Option<tokio_rustls::server::TlsStream<S>> {
+    let handshake = acceptor.accept(stream);
+    let done = if limits.first_message.is_zero() {
+        Ok(handshake.await)
+    } else {
+        tokio::time::timeout(limits.first_message, handshake).await
+    };
+    match done {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TURN TLS handshake failed");
+            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "tls_handshake")
+                .increment(1);
+            None
+        }
+        Err(_) => {
+            timed_out("tls_handshake");
+            None
+        }
     }
 }
 
@@ -165,11 +206,24 @@ fn timed_out(reason: &'static str) {
 /// Serves one client connection (TCP, or TLS over it) until it closes, breaks the framing
 /// or times out.
 pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+    pool: Arc<PortPool>,
+    limits: TcpLimits,
+) -> std::io::Result<()> {
+    connection_since(stream, client, shared, pool, limits, Instant::now()).await
+}
+
+/// [`connection`] for a connection accepted at `opened` (its first-message deadline runs
+/// from there, so a TLS handshake before it does not extend it).
+pub(crate) async fn connection_since<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     client: SocketAddr,
     shared: Arc<Shared>,
     pool: Arc<PortPool>,
     limits: TcpLimits,
+    opened: Instant,
 ) -> std::io::Result<()> {
     let mut server = Server::new(shared, Transport::Tcp, SocketPorts::new(pool));
     let mut relays: Vec<Relay> = Vec::new();
@@ -178,7 +232,6 @@ pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut probe = [0u8; 32];
     let mut pbuf: Vec<u8> = Vec::new();
     let mut filled = 0usize;
-    let opened = Instant::now();
     let mut seen_valid = false;
     let mut last_rx = opened;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
