@@ -37,6 +37,10 @@ pub struct TlsConfig {
     /// Seconds between checks of the files' mtimes (reload on change; SIGHUP reloads at once).
     /// 0: SIGHUP only.
     pub reload_check_secs: u64,
+    /// One TLS port for both WSS signaling and TURN (e.g. `0.0.0.0:443`, for networks that
+    /// pass nothing else), routed by ALPN (`stun.turn`, `http/1.1`) or the first byte. Empty:
+    /// off. The dedicated listeners keep running.
+    pub single_port_listen: String,
 }
 
 impl Default for TlsConfig {
@@ -45,6 +49,7 @@ impl Default for TlsConfig {
             cert_file: PathBuf::new(),
             key_file: PathBuf::new(),
             reload_check_secs: 10,
+            single_port_listen: String::new(),
         }
     }
 }

@@ -50,12 +50,15 @@ pub struct Relay {
     pub turn_tcp_addr: Option<SocketAddr>,
     /// Bound TURN-over-TLS address, when `[tls]` is configured and `turn.tls_listen` is set.
     pub turn_tls_addr: Option<SocketAddr>,
+    /// Bound single-port (WSS + TURN over TLS) address, when `tls.single_port_listen` is set.
+    pub single_port_addr: Option<SocketAddr>,
     /// True when this node routes across NATS (`[cluster] nats_url` set).
     pub clustered: bool,
     drain: Duration,
     admin_task: tokio::task::JoinHandle<()>,
     /// Reloads the TLS certificate (SIGHUP, mtime), when TLS is on.
     tls_task: Option<tokio::task::JoinHandle<()>>,
+    single_port_task: Option<tokio::task::JoinHandle<()>>,
     signaling: signaling::SignalingHandle,
     turn: turn::TurnService,
 }
@@ -104,6 +107,21 @@ impl Relay {
                 turns_port: turn_tls_addr.map(|a| a.port()),
             }),
         );
+        let mut single_port_addr = None;
+        let mut single_port_task = None;
+        if let Some(cert) = tls
+            .as_ref()
+            .filter(|_| !config.tls.single_port_listen.is_empty())
+        {
+            let listener = TcpListener::bind(&config.tls.single_port_listen).await?;
+            single_port_addr = Some(listener.local_addr()?);
+            single_port_task = Some(tokio::spawn(tls::serve_single_port(
+                listener,
+                cert.acceptor(tls::SINGLE_PORT_ALPN),
+                signaling.signaling.clone(),
+                turn.streams(),
+            )));
+        }
         // With `[cluster] nats_url` set, the NATS driver runs beside the WebSocket driver.
         let clustered = queue.is_some();
         if let Some(queue) = queue {
@@ -115,10 +133,12 @@ impl Relay {
             turn_udp_addr: turn.udp_addr,
             turn_tcp_addr: turn.tcp_addr,
             turn_tls_addr,
+            single_port_addr,
             clustered,
             drain: Duration::from_secs(config.drain_secs),
             admin_task,
             tls_task,
+            single_port_task,
             signaling,
             turn,
         })
@@ -126,6 +146,9 @@ impl Relay {
 
     /// Drains signaling (at most 5 s) and TURN (`drain_secs`), then stops the admin listener.
     pub async fn shutdown(self) {
+        if let Some(t) = self.single_port_task {
+            t.abort();
+        }
         self.signaling
             .shutdown(self.drain.min(Duration::from_secs(5)))
             .await;

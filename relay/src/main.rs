@@ -54,6 +54,9 @@ async fn main() -> Result<()> {
         println!("listening turn-tls {addr}");
     }
     println!("listening signaling {}", relay.signaling_addr);
+    if let Some(addr) = relay.single_port_addr {
+        println!("listening single-port {addr}");
+    }
     if relay.clustered {
         println!("{cluster_line}");
     }

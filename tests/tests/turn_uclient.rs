@@ -275,6 +275,93 @@ async fn tls_handshake_inside_first_message_deadline_and_plaintext_refused() -> 
 }
 
 #[tokio::test]
+async fn single_port_routes_wss_and_turn_by_alpn_and_first_byte() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use vc_tests::signaling_client::{recv, tls_connect, wss_connect};
+    if !have_coturn() {
+        bail!("turnutils_uclient not installed (.ci/setup installs coturn)");
+    }
+    let dir = tempfile::tempdir()?;
+    let cert = vc_tests::certs::TestCert::generate()?;
+    let (c, k) = cert.write(dir.path())?;
+    let (c, k) = (c.display().to_string(), k.display().to_string());
+    let relay = start_relay_with(&[
+        ("VC_TLS__CERT_FILE", c.as_str()),
+        ("VC_TLS__KEY_FILE", k.as_str()),
+        ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
+        ("VC_TLS__SINGLE_PORT_LISTEN", "127.0.0.1:0"),
+        // See tls_channel_data_and_send_indications: uclient's refused TLS 1.0/1.1 retries.
+        ("VC_TURN__MAX_TCP_CONNECTIONS_PER_IP", "64"),
+    ])
+    .await?;
+    let addr = relay.addr("single-port").to_owned();
+    let key = TicketKey::new(&shared::Secret::new(SECRET));
+    let dev = uuid::Uuid::new_v4();
+    let now = shared::ticket::unix_now();
+    let (token, _) = key.mint_signaling(
+        &dev.to_string(),
+        shared::ticket::Role::Camera,
+        vec![dev],
+        now,
+        600,
+    );
+    let query = format!("/ws?token={token}");
+    let welcome = |m: shared::signaling::ServerMessage| match m {
+        shared::signaling::ServerMessage::Welcome { .. } => Ok(()),
+        other => Err(anyhow::anyhow!("expected welcome, got {other:?}")),
+    };
+    // WSS with ALPN http/1.1.
+    let (mut ws, der) = wss_connect(&addr, &query, &cert.der).await?;
+    anyhow::ensure!(der == cert.der);
+    welcome(recv(&mut ws).await?)?;
+    // WSS without ALPN: routed by the `G` of `GET`.
+    let tls = tls_connect(&addr, &cert.der, &[]).await?;
+    anyhow::ensure!(tls.get_ref().1.alpn_protocol().is_none());
+    let (mut bare, _) = tokio_tungstenite::client_async(format!("wss://localhost{query}"), tls)
+        .await
+        .context("no-ALPN upgrade")?;
+    welcome(recv(&mut bare).await?)?;
+    // STUN without ALPN: routed by the zero bits of the STUN header; a Binding is answered.
+    let mut tls = tls_connect(&addr, &cert.der, &[]).await?;
+    let mut req = Vec::new();
+    let binding = MessageBuilder::new(&mut req, Class::Request, Method::Binding, &[9; 12]).finish();
+    tls.write_all(binding).await?;
+    let mut head = [0u8; 20];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut head))
+        .await
+        .context("no Binding response")??;
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let mut resp = head.to_vec();
+    resp.resize(20 + len, 0);
+    tls.read_exact(&mut resp[20..]).await?;
+    let msg = Message::parse(&resp)?;
+    anyhow::ensure!(
+        msg.class() == Class::Success && msg.method() == Method::Binding,
+        "expected a Binding success"
+    );
+    // TURN with ALPN stun.turn (uclient offers it): relayed like the dedicated ports.
+    let (_peer, port) = start_peer().await?;
+    let port = port.to_string();
+    let args = [
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &port,
+        "-u",
+        "bench",
+        "-w",
+        "bench",
+        "-t",
+        "-S",
+        "-E",
+        &c,
+    ];
+    uclient_on(&relay, "single-port", &args, 10, 100).await?;
+    relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn udp_client_to_client() -> Result<()> {
     if !have_coturn() {
         bail!("turnutils_uclient not installed (.ci/setup installs coturn)");

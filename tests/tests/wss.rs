@@ -157,32 +157,54 @@ async fn tls_handshake_counts_inside_the_handshake_deadline() -> Result<()> {
     let relay = tls_relay(
         dir.path(),
         &a,
-        &[("VC_SIGNALING__HANDSHAKE_TIMEOUT_MS", "500")],
+        &[
+            ("VC_SIGNALING__HANDSHAKE_TIMEOUT_MS", "500"),
+            ("VC_TLS__SINGLE_PORT_LISTEN", "127.0.0.1:0"),
+        ],
     )
     .await?;
-    let addr = relay.addr("signaling").to_owned();
-    // The start of a TLS record and no more: a stalled ClientHello.
-    let mut stalled = tokio::net::TcpStream::connect(&addr).await?;
-    stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).await?;
-    let t0 = Instant::now();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(STEP, stalled.read(&mut buf))
-        .await
-        .context("stalled TLS handshake not closed")?
-        .unwrap_or(0);
-    ensure!(n == 0, "expected the relay to close, got {n} bytes");
-    ensure!(
-        t0.elapsed() < Duration::from_secs(3),
-        "closed only after {:?}",
-        t0.elapsed()
-    );
-    // A TLS handshake done but no upgrade sent: cut at the same deadline.
-    let mut idle = tls_connect(&addr, &a.der, &[b"http/1.1"]).await?;
-    let n = tokio::time::timeout(STEP, idle.read(&mut buf))
-        .await
-        .context("TLS connection without upgrade not closed")?
-        .unwrap_or(0);
-    ensure!(n == 0, "expected the relay to close, got {n} bytes");
+    // The WSS listener, and the single-port listener (where a TLS client with no ALPN that
+    // sends nothing leaves the router waiting for a first byte: cut at the same deadline).
+    for (listener, alpn) in [
+        ("signaling", &[&b"http/1.1"[..]][..]),
+        ("single-port", &[][..]),
+    ] {
+        let addr = relay.addr(listener).to_owned();
+        // The start of a TLS record and no more: a stalled ClientHello.
+        let mut stalled = tokio::net::TcpStream::connect(&addr).await?;
+        stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).await?;
+        let t0 = Instant::now();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(STEP, stalled.read(&mut buf))
+            .await
+            .with_context(|| format!("{listener}: stalled TLS handshake not closed"))?
+            .unwrap_or(0);
+        ensure!(
+            n == 0,
+            "{listener}: expected the relay to close, got {n} bytes"
+        );
+        ensure!(
+            t0.elapsed() < Duration::from_secs(3),
+            "{listener}: closed only after {:?}",
+            t0.elapsed()
+        );
+        // A TLS handshake done but nothing sent after it: cut at the same deadline.
+        let mut idle = tls_connect(&addr, &a.der, alpn).await?;
+        let t0 = Instant::now();
+        let n = tokio::time::timeout(STEP, idle.read(&mut buf))
+            .await
+            .with_context(|| format!("{listener}: idle TLS connection not closed"))?
+            .unwrap_or(0);
+        ensure!(
+            n == 0,
+            "{listener}: expected the relay to close, got {n} bytes"
+        );
+        ensure!(
+            t0.elapsed() < Duration::from_secs(3),
+            "{listener}: idle closed only after {:?}",
+            t0.elapsed()
+        );
+    }
     relay.terminate().await?;
     Ok(())
 }

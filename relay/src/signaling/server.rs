@@ -291,6 +291,21 @@ impl Signaling {
         }
     }
 
+    /// `handshake_timeout_ms`: how long accepting a connection (TLS and upgrade) may take.
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.handshake_timeout_ms.max(1))
+    }
+
+    /// A per-IP slot for a signaling connection accepted by another listener (single-port
+    /// mode), or None (counted) when `ip` is at `max_connections_per_ip`.
+    pub(crate) fn admit_ip(&self, ip: IpAddr) -> Option<IpSlot> {
+        let slot = self.per_ip.try_acquire(ip);
+        if slot.is_none() {
+            self.metrics.rejected_per_ip.increment(1);
+        }
+        slot
+    }
+
     /// The router (read-only views: counts, routes).
     pub fn router(&self) -> &Router {
         &self.router
@@ -487,14 +502,50 @@ fn host_only(host: &str) -> &str {
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
 }
 
-// The handshake callback's error type is tungstenite's `ErrorResponse`.
-#[allow(clippy::result_large_err)]
-async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr, ip_slot: IpSlot) {
-    let _ = stream.set_nodelay(true);
-    let local_ip = stream.local_addr().ok().map(|a| match a {
+/// The local IP of `stream` as a URI host (IPv6 in brackets).
+pub(crate) fn local_host(stream: &TcpStream) -> Option<String> {
+    stream.local_addr().ok().map(|a| match a {
         SocketAddr::V4(v4) => v4.ip().to_string(),
         SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
-    });
+    })
+}
+
+async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr, ip_slot: IpSlot) {
+    let _ = stream.set_nodelay(true);
+    let local_ip = local_host(&stream);
+    // One deadline for the whole upgrade (TLS handshake included), not per read: a client
+    // trickling bytes is cut too.
+    let deadline = tokio::time::Instant::now() + sig.handshake_timeout();
+    let stream = match &sig.tls {
+        None => crate::tls::Stream::Plain(stream),
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+            Ok(Ok(tls)) => crate::tls::Stream::tls(tls),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "signaling TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                sig.metrics.rejected_handshake_timeout.increment(1);
+                tracing::debug!(%peer, "TLS handshake not completed within handshake_timeout_ms");
+                return;
+            }
+        },
+    };
+    upgrade_stream(sig, stream, peer, ip_slot, local_ip, deadline).await;
+}
+
+/// The WebSocket upgrade on an accepted (and, with TLS, handshaken) stream, to finish by
+/// `deadline`; then the connection runs.
+// The handshake callback's error type is tungstenite's `ErrorResponse`.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn upgrade_stream(
+    sig: Arc<Signaling>,
+    stream: crate::tls::Stream,
+    peer: SocketAddr,
+    ip_slot: IpSlot,
+    local_ip: Option<String>,
+    deadline: tokio::time::Instant,
+) {
     let permit = sig.limit.clone().try_acquire_owned().ok();
     let mut up = Upgrade::default();
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -528,21 +579,11 @@ async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr, ip_sl
         }
         Ok(resp)
     };
-    // One deadline for the whole upgrade (TLS handshake included), not per read: a client
-    // trickling bytes is cut too.
-    let timeout = Duration::from_millis(sig.config.handshake_timeout_ms.max(1));
-    let handshake = async {
-        let stream = match &sig.tls {
-            Some(tls) => {
-                crate::tls::Stream::Tls(Box::new(tls.accept(stream).await.map_err(|e| {
-                    tokio_tungstenite::tungstenite::Error::Io(std::io::Error::other(e))
-                })?))
-            }
-            None => crate::tls::Stream::Plain(stream),
-        };
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(sig.ws_config)).await
-    };
-    let accepted = tokio::time::timeout(timeout, handshake).await;
+    let accepted = tokio::time::timeout_at(
+        deadline,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(sig.ws_config)),
+    )
+    .await;
     let ws = match accepted {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {

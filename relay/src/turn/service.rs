@@ -15,6 +15,37 @@ use super::server::Shared;
 use super::{tcp, udp, TurnConfig};
 use crate::Error;
 
+/// TURN over streams accepted elsewhere (the single-port TLS listener routes here).
+#[derive(Debug, Clone)]
+pub(crate) struct TurnStreams {
+    shared: Arc<Shared>,
+    pool: Arc<PortPool>,
+    pub(crate) admit: tcp::Admit,
+}
+
+impl TurnStreams {
+    /// Runs one connection accepted at `opened` (its first-message deadline runs from there).
+    pub(crate) async fn run<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        opened: tokio::time::Instant,
+        admitted: tcp::Admitted,
+    ) {
+        let limits = self.admit.limits;
+        tcp::run_admitted(
+            stream,
+            peer,
+            self.shared.clone(),
+            self.pool.clone(),
+            limits,
+            opened,
+            admitted,
+        )
+        .await;
+    }
+}
+
 /// A running TURN service.
 #[derive(Debug)]
 pub struct TurnService {
@@ -155,6 +186,16 @@ impl TurnService {
         let addr = listener.local_addr()?;
         self.serve_tls_on(listener, acceptor);
         Ok(addr)
+    }
+
+    /// Serves TURN on streams another listener accepted (single-port mode): `admit` holds that
+    /// listener's caps, shared by all its TURN connections.
+    pub(crate) fn streams(&self) -> TurnStreams {
+        TurnStreams {
+            shared: self.shared.clone(),
+            pool: self.pool.clone(),
+            admit: tcp::Admit::new(self.limits),
+        }
     }
 
     /// [`Self::serve_tls`] on a listener the caller bound.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::limiter::source_key;
@@ -110,6 +110,48 @@ impl Drop for IpSlot {
     }
 }
 
+/// Admission of stream (TCP/TLS) TURN connections: the total and per-IP caps of one listener.
+#[derive(Debug, Clone)]
+pub struct Admit {
+    limit: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    pub limits: TcpLimits,
+}
+
+/// What admitted a connection; its slots are given back when dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    _slot: IpSlot,
+}
+
+impl Admit {
+    pub fn new(limits: TcpLimits) -> Self {
+        Self {
+            limit: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            per_ip: Arc::new(PerIp::default()),
+            limits,
+        }
+    }
+
+    /// Slots for one more connection from `ip`, or None (counted) when over a cap.
+    pub fn admit(&self, ip: IpAddr) -> Option<Admitted> {
+        let Some(slot) = PerIp::acquire(&self.per_ip, ip, self.limits.per_ip) else {
+            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "per_ip")
+                .increment(1);
+            return None;
+        };
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "total").increment(1);
+            return None;
+        };
+        Some(Admitted {
+            _permit: permit,
+            _slot: slot,
+        })
+    }
+}
+
 /// Accepts connections until `draining` turns true. With `tls`, each connection is a TLS
 /// handshake first (TURN over TLS), which counts inside the first-message deadline.
 pub async fn serve(
@@ -120,8 +162,7 @@ pub async fn serve(
     mut draining: watch::Receiver<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let limit = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_ip = Arc::new(PerIp::default());
+    let admit = Admit::new(limits);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -132,13 +173,7 @@ pub async fn serve(
             continue;
         };
         // Over a limit: the connection is closed at once.
-        let Some(slot) = PerIp::acquire(&per_ip, peer.ip(), limits.per_ip) else {
-            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "per_ip")
-                .increment(1);
-            continue;
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "total").increment(1);
+        let Some(admitted) = admit.admit(peer.ip()) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -146,23 +181,33 @@ pub async fn serve(
         let pool = pool.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            metrics::gauge!("vc_relay_turn_tcp_connections_active").increment(1.0);
             let opened = Instant::now();
             match tls {
-                None => {
-                    let _ = connection_since(stream, peer, shared, pool, limits, opened).await;
-                }
+                None => run_admitted(stream, peer, shared, pool, limits, opened, admitted).await,
                 Some(acceptor) => {
                     if let Some(tls) = tls_handshake(&acceptor, stream, &limits).await {
-                        let _ = connection_since(tls, peer, shared, pool, limits, opened).await;
+                        run_admitted(tls, peer, shared, pool, limits, opened, admitted).await;
                     }
                 }
             }
-            metrics::gauge!("vc_relay_turn_tcp_connections_active").decrement(1.0);
-            drop(permit);
-            drop(slot);
         });
     }
+}
+
+/// Runs an admitted connection accepted at `opened` to its end (gauge and slots included).
+pub(crate) async fn run_admitted<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    pool: Arc<PortPool>,
+    limits: TcpLimits,
+    opened: Instant,
+    admitted: Admitted,
+) {
+    metrics::gauge!("vc_relay_turn_tcp_connections_active").increment(1.0);
+    let _ = connection_since(stream, peer, shared, pool, limits, opened).await;
+    metrics::gauge!("vc_relay_turn_tcp_connections_active").decrement(1.0);
+    drop(admitted);
 }
 
 /// The server side of a TLS handshake within the first-message deadline (a client that opens
