@@ -219,9 +219,9 @@ async fn tls_channel_data_and_send_indications() -> Result<()> {
         ("VC_TLS__CERT_FILE", c.as_str()),
         ("VC_TLS__KEY_FILE", k.as_str()),
         ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
-        // uclient picks a random OpenSSL context per connection, TLS 1.0 and 1.1 among them;
-        // those are refused (TLS 1.2 minimum) and it reconnects at once, without closing the
-        // refused sockets, so one run holds more than the default 16 per IP for a moment.
+        // uclient -t opens two connections per session (20 here), over the default 16 per IP.
+        // Over TLS a refused one is a failed handshake, and uclient gives up after a few
+        // (it also retries its random TLS 1.0/1.1 contexts, which the 1.2 minimum refuses).
         ("VC_TURN__MAX_TCP_CONNECTIONS_PER_IP", "64"),
     ];
     with_peer_on(&env, "turn-tls", &["-t", "-S", "-E", &c], 10, 100).await?;
@@ -275,6 +275,43 @@ async fn tls_handshake_inside_first_message_deadline_and_plaintext_refused() -> 
 }
 
 #[tokio::test]
+async fn tls_per_ip_cap() -> Result<()> {
+    use vc_tests::signaling_client::tls_connect;
+    let dir = tempfile::tempdir()?;
+    let cert = vc_tests::certs::TestCert::generate()?;
+    let (c, k) = cert.write(dir.path())?;
+    let (c, k) = (c.display().to_string(), k.display().to_string());
+    let relay = start_relay_with(&[
+        ("VC_TLS__CERT_FILE", c.as_str()),
+        ("VC_TLS__KEY_FILE", k.as_str()),
+        ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
+        ("VC_TURN__MAX_TCP_CONNECTIONS_PER_IP", "1"),
+    ])
+    .await?;
+    let addr = relay.addr("turn-tls").to_owned();
+    let held = tls_connect(&addr, &cert.der, &[b"stun.turn"]).await?;
+    // The second connection from the same IP is closed before any TLS is spoken.
+    anyhow::ensure!(
+        tls_connect(&addr, &cert.der, &[b"stun.turn"])
+            .await
+            .is_err(),
+        "second TLS connection admitted over max_tcp_connections_per_ip = 1"
+    );
+    // Closing the first frees the slot.
+    drop(held);
+    let t0 = std::time::Instant::now();
+    while tls_connect(&addr, &cert.der, &[b"stun.turn"])
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(3), "slot not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn single_port_routes_wss_and_turn_by_alpn_and_first_byte() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use vc_tests::signaling_client::{recv, tls_connect, wss_connect};
@@ -290,7 +327,7 @@ async fn single_port_routes_wss_and_turn_by_alpn_and_first_byte() -> Result<()> 
         ("VC_TLS__KEY_FILE", k.as_str()),
         ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
         ("VC_TLS__SINGLE_PORT_LISTEN", "127.0.0.1:0"),
-        // See tls_channel_data_and_send_indications: uclient's refused TLS 1.0/1.1 retries.
+        // See tls_channel_data_and_send_indications: 20 connections for 10 sessions.
         ("VC_TURN__MAX_TCP_CONNECTIONS_PER_IP", "64"),
     ])
     .await?;
