@@ -267,10 +267,12 @@ mod tests {
         std::fs::remove_dir_all(d).unwrap();
     }
 
+    static TLS12_ONLY: &[&tokio_rustls::rustls::SupportedProtocolVersion] = &[&version::TLS12];
+
     #[tokio::test]
     async fn handshake_serves_current_certificate_with_tls13() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
         let d = dir();
         let (a, b) = (generate(), generate());
         let (c, k) = write(&d, &a);
@@ -292,23 +294,33 @@ mod tests {
                 });
             }
         });
-        let connect = |trust: Vec<u8>| async move {
-            let mut roots = RootCertStore::empty();
-            roots.add(CertificateDer::from(trust)).unwrap();
-            let cfg = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(cfg))
-                .connect("localhost".try_into().unwrap(), tcp)
-                .await
-        };
+        let connect_with =
+            |trust: Vec<u8>, versions: &'static [&'static SupportedProtocolVersion]| async move {
+                let mut roots = RootCertStore::empty();
+                roots.add(CertificateDer::from(trust)).unwrap();
+                let cfg = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                    .with_protocol_versions(versions)
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                    .connect("localhost".try_into().unwrap(), tcp)
+                    .await
+            };
+        let connect = |trust: Vec<u8>| connect_with(trust, tokio_rustls::rustls::ALL_VERSIONS);
         let mut first = connect(a.der.clone()).await.expect("trusts cert a");
+        // 1.3 when the client has it; a 1.2-only client is still served (the minimum).
         assert_eq!(
             first.get_ref().1.protocol_version(),
             Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_3)
+        );
+        let old = connect_with(a.der.clone(), TLS12_ONLY)
+            .await
+            .expect("TLS 1.2");
+        assert_eq!(
+            old.get_ref().1.protocol_version(),
+            Some(tokio_rustls::rustls::ProtocolVersion::TLSv1_2)
         );
         write(&d, &b);
         r.reload().unwrap();
