@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use shared::tls::ReloadableCert;
 use shared::Secret;
 
 use crate::{cluster::ClusterConfig, signaling::SignalingConfig, turn::TurnConfig, Error};
@@ -22,6 +23,42 @@ pub struct RelayConfig {
     pub turn: TurnConfig,
     pub signaling: SignalingConfig,
     pub cluster: ClusterConfig,
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: certificate for `wss://` signaling and TURN over TLS. Unset: plaintext only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first). Empty: TLS off.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_file: PathBuf,
+    /// Seconds between checks of the files' mtimes (reload on change; SIGHUP reloads at once).
+    /// 0: SIGHUP only.
+    pub reload_check_secs: u64,
+    /// One TLS port for both WSS signaling and TURN (e.g. `0.0.0.0:443`, for networks that
+    /// pass nothing else), routed by ALPN (`stun.turn`, `http/1.1`) or the first byte. Empty:
+    /// off. The dedicated listeners keep running.
+    pub single_port_listen: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            reload_check_secs: 10,
+            single_port_listen: String::new(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// True when a certificate is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
 }
 
 impl Default for RelayConfig {
@@ -34,11 +71,28 @@ impl Default for RelayConfig {
             turn: TurnConfig::default(),
             signaling: SignalingConfig::default(),
             cluster: ClusterConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
 
 impl RelayConfig {
+    /// The TLS certificate, loaded (and reloadable), when `[tls]` is configured.
+    pub fn load_tls(&self) -> Result<Option<std::sync::Arc<ReloadableCert>>, Error> {
+        if !self.tls.enabled() {
+            return Ok(None);
+        }
+        if self.tls.key_file.as_os_str().is_empty() {
+            return Err(Error::Config(
+                "tls.cert_file is set but tls.key_file is not".into(),
+            ));
+        }
+        Ok(Some(ReloadableCert::load(
+            &self.tls.cert_file,
+            &self.tls.key_file,
+        )?))
+    }
+
     /// The ticket secret: configured, or read from the control plane's data dir.
     pub fn resolve_ticket_secret(&self) -> Result<Secret, Error> {
         if !self.ticket_secret.is_empty() {
@@ -51,5 +105,40 @@ impl RelayConfig {
                 self.ticket_secret_file.display()
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    // figment's `Jail` API fixes the closure's error type.
+    #[allow(clippy::result_large_err)]
+    fn tls_keys_from_file_and_env_and_off_by_default() {
+        figment::Jail::expect_with(|jail| {
+            let d: RelayConfig = shared::config::load_with_env(None, "VCTLS0_").unwrap();
+            assert!(
+                !d.tls.enabled(),
+                "the embedded default needs no certificate"
+            );
+            assert!(d.load_tls().unwrap().is_none());
+            assert_eq!(d.tls.reload_check_secs, 10);
+            jail.create_file(
+                "r.toml",
+                "[tls]\ncert_file = \"/etc/vc/cert.pem\"\nreload_check_secs = 3\n",
+            )?;
+            jail.set_env("VCTLS1_TLS__KEY_FILE", "/etc/vc/key.pem");
+            let c: RelayConfig =
+                shared::config::load_with_env(Some(std::path::Path::new("r.toml")), "VCTLS1_")
+                    .unwrap();
+            assert!(c.tls.enabled());
+            assert_eq!(c.tls.cert_file, PathBuf::from("/etc/vc/cert.pem"));
+            assert_eq!(c.tls.key_file, PathBuf::from("/etc/vc/key.pem"));
+            assert_eq!(c.tls.reload_check_secs, 3);
+            // Configured but unreadable: startup fails instead of silently serving plaintext.
+            assert!(c.load_tls().is_err());
+            Ok(())
+        });
     }
 }

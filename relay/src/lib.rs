@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod signaling;
 pub mod stun;
+pub mod tls;
 pub mod turn;
 
 pub use config::RelayConfig;
@@ -47,10 +48,17 @@ pub struct Relay {
     pub turn_udp_addr: SocketAddr,
     /// Bound TURN TCP address, when TURN over TCP is enabled.
     pub turn_tcp_addr: Option<SocketAddr>,
+    /// Bound TURN-over-TLS address, when `[tls]` is configured and `turn.tls_listen` is set.
+    pub turn_tls_addr: Option<SocketAddr>,
+    /// Bound single-port (WSS + TURN over TLS) address, when `tls.single_port_listen` is set.
+    pub single_port_addr: Option<SocketAddr>,
     /// True when this node routes across NATS (`[cluster] nats_url` set).
     pub clustered: bool,
     drain: Duration,
     admin_task: tokio::task::JoinHandle<()>,
+    /// Reloads the TLS certificate (SIGHUP, mtime), when TLS is on.
+    tls_task: Option<tokio::task::JoinHandle<()>>,
+    single_port_task: Option<tokio::task::JoinHandle<()>>,
     signaling: signaling::SignalingHandle,
     turn: turn::TurnService,
 }
@@ -63,12 +71,28 @@ impl Relay {
         let signaling_addr = listeners.signaling.local_addr()?;
         let admin_task = tokio::spawn(admin::serve(listeners.admin, metrics));
         let ticket_key = shared::ticket::TicketKey::new(&config.resolve_ticket_secret()?);
+        // A configured certificate that cannot be loaded stops startup: no silent plaintext.
+        let tls = config.load_tls()?;
+        let tls_task = match &tls {
+            Some(cert) => {
+                let check = Duration::from_secs(config.tls.reload_check_secs);
+                Some(tokio::spawn(cert.clone().watch(check)?))
+            }
+            None => None,
+        };
         let turn = turn::TurnService::start(&config.turn, Some(ticket_key.clone()))?;
         if let Err(e) = signaling::raise_fd_limit() {
             tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE");
         }
         // The TURN port advertised in `welcome.ice_servers` when `signaling.turn_uris` is empty.
         let turn_port = Some(turn.udp_addr.port());
+        let turn_tls_addr = match &tls {
+            Some(cert) if !config.turn.tls_listen.is_empty() => Some(
+                turn.serve_tls(&config.turn.tls_listen, cert.acceptor(&[tls::ALPN_TURN]))
+                    .await?,
+            ),
+            _ => None,
+        };
         let (link, queue) =
             cluster::link(&config.cluster).map_or((None, None), |(l, q)| (Some(l), Some(q)));
         let signaling = signaling::Signaling::start_clustered(
@@ -78,7 +102,26 @@ impl Relay {
             turn_port,
             link,
             config.cluster.node_id.clone(),
+            tls.as_ref().map(|c| signaling::SignalingTls {
+                acceptor: c.acceptor(&[tls::ALPN_HTTP1]),
+                turns_port: turn_tls_addr.map(|a| a.port()),
+            }),
         );
+        let mut single_port_addr = None;
+        let mut single_port_task = None;
+        if let Some(cert) = tls
+            .as_ref()
+            .filter(|_| !config.tls.single_port_listen.is_empty())
+        {
+            let listener = TcpListener::bind(&config.tls.single_port_listen).await?;
+            single_port_addr = Some(listener.local_addr()?);
+            single_port_task = Some(tokio::spawn(tls::serve_single_port(
+                listener,
+                cert.acceptor(tls::SINGLE_PORT_ALPN),
+                signaling.signaling.clone(),
+                turn.streams(),
+            )));
+        }
         // With `[cluster] nats_url` set, the NATS driver runs beside the WebSocket driver.
         let clustered = queue.is_some();
         if let Some(queue) = queue {
@@ -89,9 +132,13 @@ impl Relay {
             signaling_addr,
             turn_udp_addr: turn.udp_addr,
             turn_tcp_addr: turn.tcp_addr,
+            turn_tls_addr,
+            single_port_addr,
             clustered,
             drain: Duration::from_secs(config.drain_secs),
             admin_task,
+            tls_task,
+            single_port_task,
             signaling,
             turn,
         })
@@ -99,11 +146,17 @@ impl Relay {
 
     /// Drains signaling (at most 5 s) and TURN (`drain_secs`), then stops the admin listener.
     pub async fn shutdown(self) {
+        if let Some(t) = self.single_port_task {
+            t.abort();
+        }
         self.signaling
             .shutdown(self.drain.min(Duration::from_secs(5)))
             .await;
         self.turn.drain(self.drain).await;
         self.admin_task.abort();
+        if let Some(t) = self.tls_task {
+            t.abort();
+        }
     }
 }
 

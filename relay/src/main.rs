@@ -50,7 +50,13 @@ async fn main() -> Result<()> {
     if let Some(addr) = relay.turn_tcp_addr {
         println!("listening turn-tcp {addr}");
     }
+    if let Some(addr) = relay.turn_tls_addr {
+        println!("listening turn-tls {addr}");
+    }
     println!("listening signaling {}", relay.signaling_addr);
+    if let Some(addr) = relay.single_port_addr {
+        println!("listening single-port {addr}");
+    }
     if relay.clustered {
         println!("{cluster_line}");
     }

@@ -21,4 +21,7 @@ pub enum Error {
     /// A config file or environment override could not be read or parsed.
     #[error("configuration: {0}")]
     Config(String),
+    /// A TLS certificate or key could not be loaded.
+    #[error("tls: {0}")]
+    Tls(String),
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod secret;
 pub mod signaling;
 pub mod ticket;
+pub mod tls;
 
 pub use error::Error;
 pub use secret::Secret;

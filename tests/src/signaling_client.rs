@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use shared::signaling::{ClientMessage, ErrorCode, IceCandidate, ServerMessage};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -15,13 +17,21 @@ pub const STEP: Duration = Duration::from_secs(5);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-pub async fn send(ws: &mut Ws, msg: &ClientMessage) -> Result<()> {
+/// A `wss://` client connection (TLS through our own rustls connector).
+pub type Wss = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    msg: &ClientMessage,
+) -> Result<()> {
     ws.send(Message::text(serde_json::to_string(msg)?)).await?;
     Ok(())
 }
 
 /// The next relay message (pings skipped); errors on close or timeout.
-pub async fn recv(ws: &mut Ws) -> Result<ServerMessage> {
+pub async fn recv<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> Result<ServerMessage> {
     loop {
         let m = tokio::time::timeout(STEP, ws.next())
             .await
@@ -56,8 +66,55 @@ pub async fn ws_connect(url: &str) -> Result<Ws> {
     Ok(ws)
 }
 
+/// TLS to `addr` trusting only `trust` (server name `localhost`), offering ALPN `alpn`
+/// (empty: none), within [`STEP`].
+pub async fn tls_connect(
+    addr: &str,
+    trust: &[u8],
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    use tokio_rustls::rustls::{crypto::ring, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(trust.to_vec()))?;
+    let mut cfg =
+        ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        Ok::<_, anyhow::Error>(tls)
+    };
+    tokio::time::timeout(STEP, connect)
+        .await
+        .context("TLS connect timed out")?
+}
+
+/// The DER of the certificate the server presented on `tls`.
+pub fn peer_cert(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}
+
+/// `wss://localhost/<path_and_query>` on `addr`, trusting only `trust`; also returns the
+/// certificate the server presented.
+pub async fn wss_connect(addr: &str, path_and_query: &str, trust: &[u8]) -> Result<(Wss, Vec<u8>)> {
+    let tls = tls_connect(addr, trust, &[b"http/1.1"]).await?;
+    let cert = peer_cert(&tls).context("no server certificate")?;
+    let url = format!("wss://localhost{path_and_query}");
+    let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::client_async(url, tls))
+        .await
+        .context("upgrade timed out")??;
+    Ok((ws, cert))
+}
+
 /// Waits for the close frame; returns its code and reason.
-pub async fn closed(ws: &mut Ws) -> Result<(u16, String)> {
+pub async fn closed<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> Result<(u16, String)> {
     loop {
         let m = tokio::time::timeout(STEP, ws.next())
             .await

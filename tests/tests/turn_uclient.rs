@@ -27,23 +27,25 @@ fn have_coturn() -> bool {
 }
 
 async fn start_relay() -> Result<Running> {
-    vc_tests::start(
-        "vc-relay",
-        &[],
-        &[
-            ("VC_TICKET_SECRET", SECRET),
-            ("VC_TURN__LISTEN", "127.0.0.1:0"),
-            ("VC_TURN__REALM", REALM),
-            ("VC_TURN__USERS", "[\"bench:bench\"]"),
-            ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
-            ("VC_TURN__USER_QUOTA", "0"),
-            ("VC_TURN__THREADS", "2"),
-            ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
-            ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
-            ("VC_DRAIN_SECS", "0"),
-        ],
-    )
-    .await
+    start_relay_with(&[]).await
+}
+
+/// [`start_relay`] with `extra` settings added.
+async fn start_relay_with(extra: &[(&str, &str)]) -> Result<Running> {
+    let mut env = vec![
+        ("VC_TICKET_SECRET", SECRET),
+        ("VC_TURN__LISTEN", "127.0.0.1:0"),
+        ("VC_TURN__REALM", REALM),
+        ("VC_TURN__USERS", "[\"bench:bench\"]"),
+        ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
+        ("VC_TURN__USER_QUOTA", "0"),
+        ("VC_TURN__THREADS", "2"),
+        ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
+        ("VC_DRAIN_SECS", "0"),
+    ];
+    env.extend_from_slice(extra);
+    vc_tests::start("vc-relay", &[], &env).await
 }
 
 /// A free UDP port `p` with `p + 1` free too (turnutils_peer listens on both).
@@ -109,7 +111,18 @@ fn parse_report(out: &str) -> Report {
 
 /// Runs uclient against the relay and checks that every message came back.
 async fn uclient(relay: &Running, args: &[&str], sessions: u64, messages: u64) -> Result<Report> {
-    let addr: SocketAddr = relay.addr("turn-udp").parse()?;
+    uclient_on(relay, "turn-udp", args, sessions, messages).await
+}
+
+/// [`uclient`] against the relay's listener `listener` (`turn-udp`, `turn-tls`, ...).
+async fn uclient_on(
+    relay: &Running,
+    listener: &str,
+    args: &[&str],
+    sessions: u64,
+    messages: u64,
+) -> Result<Report> {
+    let addr: SocketAddr = relay.addr(listener).parse()?;
     let mut cmd = Command::new("turnutils_uclient");
     cmd.args(args)
         .args(["-n", &messages.to_string(), "-m", &sessions.to_string()])
@@ -135,10 +148,21 @@ async fn uclient(relay: &Running, args: &[&str], sessions: u64, messages: u64) -
 }
 
 async fn with_peer(args: &[&str], sessions: u64, messages: u64) -> Result<()> {
+    with_peer_on(&[], "turn-udp", args, sessions, messages).await
+}
+
+/// [`with_peer`] on a relay started with `extra` settings, uclient aimed at `listener`.
+async fn with_peer_on(
+    extra: &[(&str, &str)],
+    listener: &str,
+    args: &[&str],
+    sessions: u64,
+    messages: u64,
+) -> Result<()> {
     if !have_coturn() {
         bail!("turnutils_uclient not installed (.ci/setup installs coturn)");
     }
-    let relay = start_relay().await?;
+    let relay = start_relay_with(extra).await?;
     let (_peer, port) = start_peer().await?;
     let port = port.to_string();
     let mut all = vec![
@@ -152,7 +176,7 @@ async fn with_peer(args: &[&str], sessions: u64, messages: u64) -> Result<()> {
         "bench",
     ];
     all.extend_from_slice(args);
-    uclient(&relay, &all, sessions, messages).await?;
+    uclient_on(&relay, listener, &all, sessions, messages).await?;
     relay.terminate().await?;
     Ok(())
 }
@@ -181,6 +205,197 @@ async fn udp_send_indications_fifty_sessions() -> Result<()> {
 async fn tcp_channel_data_and_send_indications() -> Result<()> {
     with_peer(&["-t"], 10, 100).await?;
     with_peer(&["-t", "-s"], 10, 100).await
+}
+
+#[tokio::test]
+async fn tls_channel_data_and_send_indications() -> Result<()> {
+    // TURN over TLS (`turns:`): uclient -S -t against turn.tls_listen, verifying the relay's
+    // certificate against the generated one (-E), so a plaintext or wrong-cert answer fails.
+    let dir = tempfile::tempdir()?;
+    let cert = vc_tests::certs::TestCert::generate()?;
+    let (c, k) = cert.write(dir.path())?;
+    let (c, k) = (c.display().to_string(), k.display().to_string());
+    let env = [
+        ("VC_TLS__CERT_FILE", c.as_str()),
+        ("VC_TLS__KEY_FILE", k.as_str()),
+        ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
+        // uclient -t opens two connections per session (20 here), over the default 16 per IP.
+        // Over TLS a refused one is a failed handshake, and uclient gives up after a few
+        // (it also retries its random TLS 1.0/1.1 contexts, which the 1.2 minimum refuses).
+        ("VC_TURN__MAX_TCP_CONNECTIONS_PER_IP", "64"),
+    ];
+    with_peer_on(&env, "turn-tls", &["-t", "-S", "-E", &c], 10, 100).await?;
+    with_peer_on(&env, "turn-tls", &["-t", "-S", "-E", &c, "-s"], 10, 100).await
+}
+
+#[tokio::test]
+async fn tls_handshake_inside_first_message_deadline_and_plaintext_refused() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let cert = vc_tests::certs::TestCert::generate()?;
+    let (c, k) = cert.write(dir.path())?;
+    let (c, k) = (c.display().to_string(), k.display().to_string());
+    let relay = start_relay_with(&[
+        ("VC_TLS__CERT_FILE", c.as_str()),
+        ("VC_TLS__KEY_FILE", k.as_str()),
+        ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
+        ("VC_TURN__TCP_FIRST_MESSAGE_TIMEOUT", "1"),
+    ])
+    .await?;
+    let addr = relay.addr("turn-tls").to_owned();
+    let mut buf = [0u8; 64];
+    // A ClientHello that never completes: cut at the first-message deadline.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await?;
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).await?;
+    let t0 = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf))
+        .await
+        .context("stalled TLS handshake not closed")?
+        .unwrap_or(0);
+    anyhow::ensure!(
+        n == 0 && t0.elapsed() < Duration::from_secs(3),
+        "{n} bytes after {:?}",
+        t0.elapsed()
+    );
+    // Plaintext STUN to the TLS port gets no STUN answer, only a TLS alert and a close.
+    let mut req = Vec::new();
+    let binding = MessageBuilder::new(&mut req, Class::Request, Method::Binding, &[7; 12]).finish();
+    let mut plain = tokio::net::TcpStream::connect(&addr).await?;
+    plain.write_all(binding).await?;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got))
+        .await
+        .context("plaintext connection not closed")??;
+    anyhow::ensure!(
+        Message::parse(&got).is_err(),
+        "plaintext STUN answered on the TLS port"
+    );
+    relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_per_ip_cap() -> Result<()> {
+    use vc_tests::signaling_client::tls_connect;
+    let dir = tempfile::tempdir()?;
+    let cert = vc_tests::certs::TestCert::generate()?;
+    let (c, k) = cert.write(dir.path())?;
+    let (c, k) = (c.display().to_string(), k.display().to_string());
+    let relay = start_relay_with(&[
+        ("VC_TLS__CERT_FILE", c.as_str()),
+        ("VC_TLS__KEY_FILE", k.as_str()),
+        ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
+        ("VC_TURN__MAX_TCP_CONNECTIONS_PER_IP", "1"),
+    ])
+    .await?;
+    let addr = relay.addr("turn-tls").to_owned();
+    let held = tls_connect(&addr, &cert.der, &[b"stun.turn"]).await?;
+    // The second connection from the same IP is closed before any TLS is spoken.
+    anyhow::ensure!(
+        tls_connect(&addr, &cert.der, &[b"stun.turn"])
+            .await
+            .is_err(),
+        "second TLS connection admitted over max_tcp_connections_per_ip = 1"
+    );
+    // Closing the first frees the slot.
+    drop(held);
+    let t0 = std::time::Instant::now();
+    while tls_connect(&addr, &cert.der, &[b"stun.turn"])
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(3), "slot not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn single_port_routes_wss_and_turn_by_alpn_and_first_byte() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use vc_tests::signaling_client::{recv, tls_connect, wss_connect};
+    if !have_coturn() {
+        bail!("turnutils_uclient not installed (.ci/setup installs coturn)");
+    }
+    let dir = tempfile::tempdir()?;
+    let cert = vc_tests::certs::TestCert::generate()?;
+    let (c, k) = cert.write(dir.path())?;
+    let (c, k) = (c.display().to_string(), k.display().to_string());
+    let relay = start_relay_with(&[
+        ("VC_TLS__CERT_FILE", c.as_str()),
+        ("VC_TLS__KEY_FILE", k.as_str()),
+        ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
+        ("VC_TLS__SINGLE_PORT_LISTEN", "127.0.0.1:0"),
+        // See tls_channel_data_and_send_indications: 20 connections for 10 sessions.
+        ("VC_TURN__MAX_TCP_CONNECTIONS_PER_IP", "64"),
+    ])
+    .await?;
+    let addr = relay.addr("single-port").to_owned();
+    let key = TicketKey::new(&shared::Secret::new(SECRET));
+    let dev = uuid::Uuid::new_v4();
+    let now = shared::ticket::unix_now();
+    let (token, _) = key.mint_signaling(
+        &dev.to_string(),
+        shared::ticket::Role::Camera,
+        vec![dev],
+        now,
+        600,
+    );
+    let query = format!("/ws?token={token}");
+    let welcome = |m: shared::signaling::ServerMessage| match m {
+        shared::signaling::ServerMessage::Welcome { .. } => Ok(()),
+        other => Err(anyhow::anyhow!("expected welcome, got {other:?}")),
+    };
+    // WSS with ALPN http/1.1.
+    let (mut ws, der) = wss_connect(&addr, &query, &cert.der).await?;
+    anyhow::ensure!(der == cert.der);
+    welcome(recv(&mut ws).await?)?;
+    // WSS without ALPN: routed by the `G` of `GET`.
+    let tls = tls_connect(&addr, &cert.der, &[]).await?;
+    anyhow::ensure!(tls.get_ref().1.alpn_protocol().is_none());
+    let (mut bare, _) = tokio_tungstenite::client_async(format!("wss://localhost{query}"), tls)
+        .await
+        .context("no-ALPN upgrade")?;
+    welcome(recv(&mut bare).await?)?;
+    // STUN without ALPN: routed by the zero bits of the STUN header; a Binding is answered.
+    let mut tls = tls_connect(&addr, &cert.der, &[]).await?;
+    let mut req = Vec::new();
+    let binding = MessageBuilder::new(&mut req, Class::Request, Method::Binding, &[9; 12]).finish();
+    tls.write_all(binding).await?;
+    let mut head = [0u8; 20];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut head))
+        .await
+        .context("no Binding response")??;
+    let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let mut resp = head.to_vec();
+    resp.resize(20 + len, 0);
+    tls.read_exact(&mut resp[20..]).await?;
+    let msg = Message::parse(&resp)?;
+    anyhow::ensure!(
+        msg.class() == Class::Success && msg.method() == Method::Binding,
+        "expected a Binding success"
+    );
+    // TURN with ALPN stun.turn (uclient offers it): relayed like the dedicated ports.
+    let (_peer, port) = start_peer().await?;
+    let port = port.to_string();
+    let args = [
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &port,
+        "-u",
+        "bench",
+        "-w",
+        "bench",
+        "-t",
+        "-S",
+        "-E",
+        &c,
+    ];
+    uclient_on(&relay, "single-port", &args, 10, 100).await?;
+    relay.terminate().await?;
+    Ok(())
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
 use shared::ticket::{Role, SignalingClaims};
-use tokio::net::TcpStream;
+
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -37,7 +37,7 @@ use uuid::Uuid;
 use super::router::{CloseReason, ConnState, Delivery};
 use super::server::{Admission, ConnHandle, Kill, Outbound, Signaling};
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<crate::tls::Stream>;
 
 /// Token bucket: `rate` tokens per second, at most `burst`. Time is passed in.
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ pub mod server;
 
 use serde::{Deserialize, Serialize};
 
-pub use server::{Signaling, SignalingHandle};
+pub use server::{Signaling, SignalingHandle, SignalingTls};
 
 /// Signaling listener settings and limits (env `VC_SIGNALING__<FIELD>`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

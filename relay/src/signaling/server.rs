@@ -159,6 +159,10 @@ pub struct Signaling {
     /// Clustered: the bounded queue to the NATS driver (`crate::cluster`).
     cluster: Option<crate::cluster::ClusterLink>,
     turn_port: Option<u16>,
+    /// Set when `[tls]` is configured: the listener speaks `wss://` only.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The TURN-over-TLS port advertised as `turns:` when `turn_uris` is empty.
+    turns_port: Option<u16>,
     next_id: AtomicU64,
     limit: Arc<Semaphore>,
     /// This node's name in presence reports and the cluster (`[cluster] node_id`).
@@ -169,6 +173,14 @@ pub struct Signaling {
     /// `max_queued_bytes`, but never below one largest message (it must fit in the queue).
     max_queued_bytes: usize,
     pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// TLS of the signaling plane (`[tls]` configured).
+pub struct SignalingTls {
+    /// Handshakes of the `wss://` listener.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// TURN-over-TLS port for `turns:` in `welcome.ice_servers` (None: not listening).
+    pub turns_port: Option<u16>,
 }
 
 /// Returned by [`Signaling::start`]: stops the plane.
@@ -215,11 +227,12 @@ impl Signaling {
         turn_port: Option<u16>,
     ) -> SignalingHandle {
         let node_id = crate::cluster::ClusterConfig::default().node_id;
-        Self::start_clustered(config, key, listener, turn_port, None, node_id)
+        Self::start_clustered(config, key, listener, turn_port, None, node_id, None)
     }
 
     /// [`Self::start`] as one node of a cluster: `cluster` links the router to the NATS driver,
-    /// which the caller starts next ([`crate::cluster::spawn`]).
+    /// which the caller starts next ([`crate::cluster::spawn`]). With `tls`, every connection
+    /// is a TLS handshake first (`wss://`).
     pub fn start_clustered(
         config: SignalingConfig,
         key: TicketKey,
@@ -227,6 +240,7 @@ impl Signaling {
         turn_port: Option<u16>,
         cluster: Option<crate::cluster::ClusterLink>,
         node_id: String,
+        tls: Option<SignalingTls>,
     ) -> SignalingHandle {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (presence_tx, presence_rx) = if config.control_url.is_empty() {
@@ -257,6 +271,8 @@ impl Signaling {
             ws_config,
             presence: presence_tx,
             turn_port,
+            turns_port: tls.as_ref().and_then(|t| t.turns_port),
+            tls: tls.map(|t| t.acceptor),
             next_id: AtomicU64::new(1),
             limit: Arc::new(Semaphore::new(config.max_connections)),
             node_id,
@@ -293,6 +309,21 @@ impl Signaling {
             }
             (None, None) => {}
         }
+    }
+
+    /// `handshake_timeout_ms`: how long accepting a connection (TLS and upgrade) may take.
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.handshake_timeout_ms.max(1))
+    }
+
+    /// A per-IP slot for a signaling connection accepted by another listener (single-port
+    /// mode), or None (counted) when `ip` is at `max_connections_per_ip`.
+    pub(crate) fn admit_ip(&self, ip: IpAddr) -> Option<IpSlot> {
+        let slot = self.per_ip.try_acquire(ip);
+        if slot.is_none() {
+            self.metrics.rejected_per_ip.increment(1);
+        }
+        slot
     }
 
     /// The router (read-only views: counts, routes).
@@ -418,10 +449,15 @@ impl Signaling {
         let urls = if !self.config.turn_uris.is_empty() {
             self.config.turn_uris.clone()
         } else if let Some(port) = self.turn_port {
-            vec![
+            let mut urls = vec![
                 format!("turn:{host}:{port}?transport=udp"),
                 format!("turn:{host}:{port}?transport=tcp"),
-            ]
+            ];
+            // TURN over TLS gets through proxies and firewalls that only pass TLS.
+            if let Some(tls) = self.turns_port {
+                urls.push(format!("turns:{host}:{tls}?transport=tcp"));
+            }
+            urls
         } else {
             return Vec::new();
         };
@@ -498,14 +534,50 @@ fn host_only(host: &str) -> &str {
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
 }
 
-// The handshake callback's error type is tungstenite's `ErrorResponse`.
-#[allow(clippy::result_large_err)]
-async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr, ip_slot: IpSlot) {
-    let _ = stream.set_nodelay(true);
-    let local_ip = stream.local_addr().ok().map(|a| match a {
+/// The local IP of `stream` as a URI host (IPv6 in brackets).
+pub(crate) fn local_host(stream: &TcpStream) -> Option<String> {
+    stream.local_addr().ok().map(|a| match a {
         SocketAddr::V4(v4) => v4.ip().to_string(),
         SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
-    });
+    })
+}
+
+async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr, ip_slot: IpSlot) {
+    let _ = stream.set_nodelay(true);
+    let local_ip = local_host(&stream);
+    // One deadline for the whole upgrade (TLS handshake included), not per read: a client
+    // trickling bytes is cut too.
+    let deadline = tokio::time::Instant::now() + sig.handshake_timeout();
+    let stream = match &sig.tls {
+        None => crate::tls::Stream::Plain(stream),
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+            Ok(Ok(tls)) => crate::tls::Stream::tls(tls),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "signaling TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                sig.metrics.rejected_handshake_timeout.increment(1);
+                tracing::debug!(%peer, "TLS handshake not completed within handshake_timeout_ms");
+                return;
+            }
+        },
+    };
+    upgrade_stream(sig, stream, peer, ip_slot, local_ip, deadline).await;
+}
+
+/// The WebSocket upgrade on an accepted (and, with TLS, handshaken) stream, to finish by
+/// `deadline`; then the connection runs.
+// The handshake callback's error type is tungstenite's `ErrorResponse`.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn upgrade_stream(
+    sig: Arc<Signaling>,
+    stream: crate::tls::Stream,
+    peer: SocketAddr,
+    ip_slot: IpSlot,
+    local_ip: Option<String>,
+    deadline: tokio::time::Instant,
+) {
     let permit = sig.limit.clone().try_acquire_owned().ok();
     let mut up = Upgrade::default();
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -539,10 +611,8 @@ async fn upgrade(sig: Arc<Signaling>, stream: TcpStream, peer: SocketAddr, ip_sl
         }
         Ok(resp)
     };
-    // One deadline for the whole upgrade, not per read: a client trickling bytes is cut too.
-    let timeout = Duration::from_millis(sig.config.handshake_timeout_ms.max(1));
-    let accepted = tokio::time::timeout(
-        timeout,
+    let accepted = tokio::time::timeout_at(
+        deadline,
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(sig.ws_config)),
     )
     .await;

@@ -33,6 +33,9 @@ pub struct TurnConfig {
     pub listen: String,
     /// Whether to listen on TCP too (RFC 8489 stream framing).
     pub tcp: bool,
+    /// TURN over TLS (`turns:`, RFC 8656) listen address, used only when `[tls]` is
+    /// configured. Empty: off even with TLS.
+    pub tls_listen: String,
     pub realm: String,
     /// IP the relay sockets bind to and that XOR-RELAYED-ADDRESS carries. Empty: the IP of
     /// `listen` (which then must not be the unspecified address).
@@ -102,6 +105,7 @@ impl Default for TurnConfig {
         Self {
             listen: "0.0.0.0:3478".into(),
             tcp: true,
+            tls_listen: "0.0.0.0:5349".into(),
             realm: "visionconnect".into(),
             relay_address: String::new(),
             external_address: String::new(),

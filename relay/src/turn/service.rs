@@ -15,12 +15,45 @@ use super::server::Shared;
 use super::{tcp, udp, TurnConfig};
 use crate::Error;
 
+/// TURN over streams accepted elsewhere (the single-port TLS listener routes here).
+#[derive(Debug, Clone)]
+pub(crate) struct TurnStreams {
+    shared: Arc<Shared>,
+    pool: Arc<PortPool>,
+    pub(crate) admit: tcp::Admit,
+}
+
+impl TurnStreams {
+    /// Runs one connection accepted at `opened` (its first-message deadline runs from there).
+    pub(crate) async fn run<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        opened: tokio::time::Instant,
+        admitted: tcp::Admitted,
+    ) {
+        let limits = self.admit.limits;
+        tcp::run_admitted(
+            stream,
+            peer,
+            self.shared.clone(),
+            self.pool.clone(),
+            limits,
+            opened,
+            admitted,
+        )
+        .await;
+    }
+}
+
 /// A running TURN service.
 #[derive(Debug)]
 pub struct TurnService {
     pub udp_addr: SocketAddr,
     pub tcp_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
+    pool: Arc<PortPool>,
+    limits: tcp::TcpLimits,
     stop: Arc<AtomicBool>,
     draining: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -116,9 +149,10 @@ impl TurnService {
                 tokio::spawn(tcp::serve(
                     l,
                     shared.clone(),
-                    pool,
+                    pool.clone(),
                     tcp::TcpLimits::from_config(cfg),
                     draining_rx,
+                    None,
                 ));
                 Some(addr)
             }
@@ -128,6 +162,8 @@ impl TurnService {
             udp_addr,
             tcp_addr,
             shared,
+            pool,
+            limits: tcp::TcpLimits::from_config(cfg),
             stop,
             draining,
             workers,
@@ -137,6 +173,45 @@ impl TurnService {
     /// Active allocations across all shards.
     pub fn active_allocations(&self) -> u32 {
         self.shared.quotas.active()
+    }
+
+    /// Serves TURN over TLS (`turns:`) on `listen` with `acceptor`: the TCP connection code,
+    /// limits and drain, over TLS. Returns the bound address.
+    pub async fn serve_tls(
+        &self,
+        listen: &str,
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) -> Result<SocketAddr, Error> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        self.serve_tls_on(listener, acceptor);
+        Ok(addr)
+    }
+
+    /// Serves TURN on streams another listener accepted (single-port mode): `admit` holds that
+    /// listener's caps, shared by all its TURN connections.
+    pub(crate) fn streams(&self) -> TurnStreams {
+        TurnStreams {
+            shared: self.shared.clone(),
+            pool: self.pool.clone(),
+            admit: tcp::Admit::new(self.limits),
+        }
+    }
+
+    /// [`Self::serve_tls`] on a listener the caller bound.
+    pub fn serve_tls_on(
+        &self,
+        listener: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) {
+        tokio::spawn(tcp::serve(
+            listener,
+            self.shared.clone(),
+            self.pool.clone(),
+            self.limits,
+            self.draining.subscribe(),
+            Some(acceptor),
+        ));
     }
 
     /// Stops taking allocations and TCP connections, lets existing allocations run until they

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::limiter::source_key;
@@ -110,16 +110,59 @@ impl Drop for IpSlot {
     }
 }
 
-/// Accepts connections until `draining` turns true.
+/// Admission of stream (TCP/TLS) TURN connections: the total and per-IP caps of one listener.
+#[derive(Debug, Clone)]
+pub struct Admit {
+    limit: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
+    pub limits: TcpLimits,
+}
+
+/// What admitted a connection; its slots are given back when dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    _slot: IpSlot,
+}
+
+impl Admit {
+    pub fn new(limits: TcpLimits) -> Self {
+        Self {
+            limit: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            per_ip: Arc::new(PerIp::default()),
+            limits,
+        }
+    }
+
+    /// Slots for one more connection from `ip`, or None (counted) when over a cap.
+    pub fn admit(&self, ip: IpAddr) -> Option<Admitted> {
+        let Some(slot) = PerIp::acquire(&self.per_ip, ip, self.limits.per_ip) else {
+            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "per_ip")
+                .increment(1);
+            return None;
+        };
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "total").increment(1);
+            return None;
+        };
+        Some(Admitted {
+            _permit: permit,
+            _slot: slot,
+        })
+    }
+}
+
+/// Accepts connections until `draining` turns true. With `tls`, each connection is a TLS
+/// handshake first (TURN over TLS), which counts inside the first-message deadline.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     pool: Arc<PortPool>,
     limits: TcpLimits,
     mut draining: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let limit = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_ip = Arc::new(PerIp::default());
+    let admit = Admit::new(limits);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -130,25 +173,68 @@ pub async fn serve(
             continue;
         };
         // Over a limit: the connection is closed at once.
-        let Some(slot) = PerIp::acquire(&per_ip, peer.ip(), limits.per_ip) else {
-            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "per_ip")
-                .increment(1);
-            continue;
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "total").increment(1);
+        let Some(admitted) = admit.admit(peer.ip()) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let pool = pool.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            metrics::gauge!("vc_relay_turn_tcp_connections_active").increment(1.0);
-            let _ = connection(stream, peer, shared, pool, limits).await;
-            metrics::gauge!("vc_relay_turn_tcp_connections_active").decrement(1.0);
-            drop(permit);
-            drop(slot);
+            let opened = Instant::now();
+            match tls {
+                None => run_admitted(stream, peer, shared, pool, limits, opened, admitted).await,
+                Some(acceptor) => {
+                    if let Some(tls) = tls_handshake(&acceptor, stream, &limits).await {
+                        run_admitted(tls, peer, shared, pool, limits, opened, admitted).await;
+                    }
+                }
+            }
         });
+    }
+}
+
+/// Runs an admitted connection accepted at `opened` to its end (gauge and slots included).
+pub(crate) async fn run_admitted<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    pool: Arc<PortPool>,
+    limits: TcpLimits,
+    opened: Instant,
+    admitted: Admitted,
+) {
+    metrics::gauge!("vc_relay_turn_tcp_connections_active").increment(1.0);
+    let _ = connection_since(stream, peer, shared, pool, limits, opened).await;
+    metrics::gauge!("vc_relay_turn_tcp_connections_active").decrement(1.0);
+    drop(admitted);
+}
+
+/// The server side of a TLS handshake within the first-message deadline (a client that opens
+/// TCP and never finishes its ClientHello is cut like one that never sends STUN).
+pub(crate) async fn tls_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: S,
+    limits: &TcpLimits,
+) -> Option<tokio_rustls::server::TlsStream<S>> {
+    let handshake = acceptor.accept(stream);
+    let done = if limits.first_message.is_zero() {
+        Ok(handshake.await)
+    } else {
+        tokio::time::timeout(limits.first_message, handshake).await
+    };
+    match done {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TURN TLS handshake failed");
+            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "tls_handshake")
+                .increment(1);
+            None
+        }
+        Err(_) => {
+            timed_out("tls_handshake");
+            None
+        }
     }
 }
 
@@ -165,11 +251,24 @@ fn timed_out(reason: &'static str) {
 /// Serves one client connection (TCP, or TLS over it) until it closes, breaks the framing
 /// or times out.
 pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+    pool: Arc<PortPool>,
+    limits: TcpLimits,
+) -> std::io::Result<()> {
+    connection_since(stream, client, shared, pool, limits, Instant::now()).await
+}
+
+/// [`connection`] for a connection accepted at `opened` (its first-message deadline runs
+/// from there, so a TLS handshake before it does not extend it).
+pub(crate) async fn connection_since<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     client: SocketAddr,
     shared: Arc<Shared>,
     pool: Arc<PortPool>,
     limits: TcpLimits,
+    opened: Instant,
 ) -> std::io::Result<()> {
     let mut server = Server::new(shared, Transport::Tcp, SocketPorts::new(pool));
     let mut relays: Vec<Relay> = Vec::new();
@@ -178,7 +277,6 @@ pub async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut probe = [0u8; 32];
     let mut pbuf: Vec<u8> = Vec::new();
     let mut filled = 0usize;
-    let opened = Instant::now();
     let mut seen_valid = false;
     let mut last_rx = opened;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
