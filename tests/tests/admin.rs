@@ -1,7 +1,7 @@
 //! Admin and account lifecycle (issue 12), against the real vc-control (and vc-relay where
 //! connections must close).
 //!
-//! * `admin_routes_cli_and_pagination`: a non-admin gets 403 `forbidden` (and nothing else) on
+//! * `admin_routes_cli_and_pagination_*` (SQLite, Postgres): a non-admin gets 403 `forbidden` (and nothing else) on
 //!   every admin route; `vc-control admin create` (password on stdin) makes an admin who logs
 //!   in and lists users; paging by cursor returns every user exactly once; device filters and
 //!   counts; promoting an existing account.
@@ -144,13 +144,17 @@ fn no_secrets(log: &[Value], secrets: &[&str]) -> Result<()> {
 }
 
 #[tokio::test]
-async fn admin_routes_cli_and_pagination() -> Result<()> {
-    let c = Control::start(
-        Db::Sqlite,
-        SECRET,
-        &[("VC_REGISTER_MAX_PER_CLIENT", "1000")],
-    )
-    .await?;
+async fn admin_routes_cli_and_pagination_sqlite() -> Result<()> {
+    admin_routes_cli_and_pagination(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn admin_routes_cli_and_pagination_postgres() -> Result<()> {
+    admin_routes_cli_and_pagination(Db::Postgres).await
+}
+
+async fn admin_routes_cli_and_pagination(db: Db) -> Result<()> {
+    let c = Control::start(db, SECRET, &[("VC_REGISTER_MAX_PER_CLIENT", "1000")]).await?;
     let alice = c.user("alice@users.test").await?;
     for (method, path) in admin_routes() {
         let (s, v) = c.call(method.clone(), &path, Some(&alice), None).await?;
