@@ -850,7 +850,7 @@ pub async fn revoke_device(
     params(AuditQuery),
     responses(
         (status = 200, description = "A page of audit records", body = AuditPage),
-        (status = 400, description = "Bad query (`bad_query`, `bad_limit`)", body = super::docs::ErrorBodyDoc),
+        (status = 400, description = "Bad query (`bad_query`, `bad_limit`, `bad_cursor`: no such record)", body = super::docs::ErrorBodyDoc),
         (status = 401, description = "Missing or invalid JWT", body = super::docs::ErrorBodyDoc),
         (status = 403, description = "Not an admin (`forbidden`)", body = super::docs::ErrorBodyDoc),
     ))]
@@ -922,6 +922,19 @@ mod tests {
     fn like_prefix_is_literal() {
         assert_eq!(like_prefix("a_b%c\\"), "a\\_b\\%c\\\\%");
         assert_eq!(like_prefix(""), "%");
+    }
+
+    #[test]
+    fn filters_number_placeholders_in_bind_order() {
+        let mut f = Filters::default();
+        let now = f.next(Bind::Int(1));
+        f.add("x.status = ?", Bind::Text("online".into()));
+        f.add("x.id > ?", Bind::Text("a".into()));
+        let lim = f.next(Bind::Int(5));
+        assert_eq!((now.as_str(), lim.as_str()), ("$1", "$4"));
+        assert_eq!(f.clause(), "WHERE x.status = $2 AND x.id > $3");
+        assert_eq!(f.binds.len(), 4);
+        assert_eq!(Filters::default().clause(), "");
     }
 
     #[test]
