@@ -7,7 +7,9 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, Salt
 use argon2::{Algorithm, Argon2, Params, PasswordVerifier, Version};
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sqlx::Row;
 use tokio::sync::Semaphore;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::config::Argon2Config;
@@ -81,13 +83,74 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-/// Claims of a login JWT.
+/// Claims of a login JWT. `role` is informational for clients: the server reads the role
+/// from the database on every request, so a demotion takes effect at once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LoginClaims {
     sub: Uuid,
     iat: u64,
     exp: u64,
     aud: String,
+    /// Unique per token, so one token can be logged out (`revoked_jwts`).
+    jti: Uuid,
+    role: Role,
+}
+
+/// An account's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The stored value; anything unknown is the least privileged role.
+    pub fn parse(stored: &str) -> Self {
+        if stored == "admin" {
+            Role::Admin
+        } else {
+            Role::User
+        }
+    }
+}
+
+/// What a valid login JWT says (before the per-request database check).
+#[derive(Debug, Clone)]
+pub struct TokenClaims {
+    pub user: Uuid,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: Uuid,
+}
+
+/// The caller of an authenticated request, as of the database now.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: Uuid,
+    pub role: Role,
+    pub jti: Uuid,
+    /// Unix seconds when the presented token expires.
+    pub exp: u64,
+}
+
+impl Principal {
+    /// 403 `forbidden` unless an admin (the same answer whatever the route, so a
+    /// non-admin learns nothing about what exists).
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("forbidden", "admin role required"))
+        }
+    }
 }
 
 /// Signs and verifies login JWTs (HS256).
@@ -104,7 +167,7 @@ impl Jwt {
         let raw = secret.expose().as_bytes();
         let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.set_audience(&[LOGIN_AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        validation.set_required_spec_claims(&["exp", "aud", "sub", "iat", "jti"]);
         validation.leeway = 0;
         Self {
             encoding: EncodingKey::from_secret(raw),
@@ -118,12 +181,16 @@ impl Jwt {
         self.ttl
     }
 
-    pub fn issue(&self, user: Uuid, now: u64) -> Result<String, ApiError> {
+    /// A token issued at `iat` (unix seconds; see [`issue_time`] for why it may be a little
+    /// after now).
+    pub fn issue(&self, user: Uuid, role: Role, iat: u64) -> Result<String, ApiError> {
         let claims = LoginClaims {
             sub: user,
-            iat: now,
-            exp: now + self.ttl,
+            iat,
+            exp: iat + self.ttl,
             aud: LOGIN_AUDIENCE.into(),
+            jti: Uuid::new_v4(),
+            role,
         };
         jsonwebtoken::encode(
             &Header::new(jsonwebtoken::Algorithm::HS256),
@@ -133,10 +200,16 @@ impl Jwt {
         .map_err(internal)
     }
 
-    /// The user id of a valid, unexpired token.
-    pub fn verify(&self, token: &str) -> Result<Uuid, ApiError> {
+    /// The claims of a correctly signed, unexpired token (not yet checked against the
+    /// account: see [`authenticate`]).
+    pub fn verify(&self, token: &str) -> Result<TokenClaims, ApiError> {
         jsonwebtoken::decode::<LoginClaims>(token, &self.decoding, &self.validation)
-            .map(|d| d.claims.sub)
+            .map(|d| TokenClaims {
+                user: d.claims.sub,
+                iat: d.claims.iat,
+                exp: d.claims.exp,
+                jti: d.claims.jti,
+            })
             .map_err(|e| {
                 let message = match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired",
@@ -146,8 +219,8 @@ impl Jwt {
             })
     }
 
-    /// The user id from an `Authorization: Bearer <jwt>` header value.
-    pub fn user_from_header(&self, header: Option<&str>) -> Result<Uuid, ApiError> {
+    /// The claims from an `Authorization: Bearer <jwt>` header value.
+    pub fn claims_from_header(&self, header: Option<&str>) -> Result<TokenClaims, ApiError> {
         let value = header.ok_or_else(|| {
             ApiError::unauthorized("missing_token", "Authorization: Bearer token required")
         })?;
@@ -159,6 +232,50 @@ impl Jwt {
     }
 }
 
+/// The `iat` for a token issued now to an account cut off at `tokens_valid_after`.
+/// A cut-off is stored as the second after the one it happened in ([`cutoff_now`]), so
+/// tokens issued earlier in that same second are refused; a token issued during that
+/// second is dated to the cut-off so it stays valid (its expiry moves by under a second).
+pub fn issue_time(now: u64, tokens_valid_after: i64) -> u64 {
+    now.max(u64::try_from(tokens_valid_after).unwrap_or(0))
+}
+
+/// The `tokens_valid_after` that ends every token issued up to now.
+pub fn cutoff_now() -> i64 {
+    crate::routes::now_secs() + 1
+}
+
+/// Authenticates a request: a valid login JWT whose account exists, is not disabled, was
+/// not cut off after the token was issued, and whose token was not logged out. One query by
+/// primary key per request. Every authenticated route goes through here.
+pub async fn authenticate(app: &crate::App, header: Option<&str>) -> Result<Principal, ApiError> {
+    let claims = app.jwt.claims_from_header(header)?;
+    let row = sqlx::query(
+        "SELECT u.role, u.disabled_at, u.tokens_valid_after, \
+             (SELECT COUNT(*) FROM revoked_jwts r WHERE r.jti = $2) AS revoked \
+         FROM users u WHERE u.id = $1",
+    )
+    .bind(claims.user.to_string())
+    .bind(claims.jti.to_string())
+    .fetch_optional(&app.db.pool)
+    .await?;
+    let revoked = || ApiError::unauthorized("invalid_token", "token revoked");
+    let row = row.ok_or_else(revoked)?;
+    let disabled: Option<i64> = row.try_get("disabled_at")?;
+    let valid_after: i64 = row.try_get("tokens_valid_after")?;
+    let logged_out: i64 = row.try_get("revoked")?;
+    let iat = i64::try_from(claims.iat).unwrap_or(i64::MAX);
+    if disabled.is_some() || iat < valid_after || logged_out > 0 {
+        return Err(revoked());
+    }
+    Ok(Principal {
+        user: claims.user,
+        role: Role::parse(&row.try_get::<String, _>("role")?),
+        jti: claims.jti,
+        exp: claims.exp,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,18 +285,37 @@ mod tests {
         let jwt = Jwt::new(&shared::Secret::new("k1"), 100);
         let user = Uuid::new_v4();
         let now = shared::ticket::unix_now();
-        let t = jwt.issue(user, now).unwrap();
-        assert_eq!(jwt.verify(&t).unwrap(), user);
+        let t = jwt.issue(user, Role::Admin, now).unwrap();
+        let claims = jwt.verify(&t).unwrap();
         assert_eq!(
-            jwt.user_from_header(Some(&format!("Bearer {t}"))).unwrap(),
-            user
+            (claims.user, claims.iat, claims.exp),
+            (user, now, now + 100)
         );
-        assert!(jwt.user_from_header(None).is_err());
-        assert!(jwt.user_from_header(Some(&t)).is_err());
+        let again = jwt
+            .claims_from_header(Some(&format!("Bearer {t}")))
+            .unwrap();
+        assert_eq!((again.user, again.jti), (user, claims.jti));
+        // Each token has its own jti, so logging one out leaves the others.
+        let t2 = jwt.issue(user, Role::User, now).unwrap();
+        assert_ne!(jwt.verify(&t2).unwrap().jti, claims.jti);
+        assert!(jwt.claims_from_header(None).is_err());
+        assert!(jwt.claims_from_header(Some(&t)).is_err());
         let other = Jwt::new(&shared::Secret::new("k2"), 100);
         assert!(other.verify(&t).is_err());
-        let expired = jwt.issue(user, now - 1000).unwrap();
+        let expired = jwt.issue(user, Role::User, now - 1000).unwrap();
         assert!(jwt.verify(&expired).is_err());
+    }
+
+    #[test]
+    fn cutoff_dates_new_tokens_after_old_ones() {
+        let cut = 1_000_i64;
+        // Issued in the cut-off's own second (before it): refused; issued then: dated to it.
+        assert!(999 < cut);
+        assert_eq!(issue_time(999, cut), 1_000);
+        assert_eq!(issue_time(5_000, cut), 5_000);
+        assert_eq!(issue_time(5_000, 0), 5_000);
+        assert_eq!(Role::parse("admin"), Role::Admin);
+        assert_eq!(Role::parse("root"), Role::User);
     }
 
     #[tokio::test]

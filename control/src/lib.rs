@@ -4,6 +4,7 @@
 //!
 //! [`run`] serves on a listener the caller bound, so `main` and in-process tests share it.
 
+pub mod admin_cli;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -130,7 +131,8 @@ async fn prune_rate_limits(app: Arc<App>) {
 }
 
 /// Every minute, deletes onboarded cameras whose token expired more than
-/// `pending_retention_secs` ago without an activation (they can never activate now).
+/// `pending_retention_secs` ago without an activation (they can never activate now), and
+/// logged-out tokens' rows once the tokens expired.
 async fn sweep_expired_pending(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -143,6 +145,9 @@ async fn sweep_expired_pending(app: Arc<App>) {
                 .execute(&app.db.pool)
                 .await;
         let now_ms = u64::try_from(routes::now_ms()).unwrap_or(0);
+        if let Err(e) = routes::account::prune_revoked_jwts(&app.db).await {
+            tracing::warn!(error = %e, "pruning expired logged-out tokens failed");
+        }
         if let Err(e) = presence::prune(&app.db, now_ms).await {
             tracing::warn!(error = %e, "pruning old node leases and revocations failed");
         }

@@ -1,5 +1,6 @@
 //! `vc-control [--config FILE]`: reads config, binds, prints `listening http <addr>` and
 //! `ready` on stdout (logs go to stderr), serves until SIGINT/SIGTERM.
+//! `vc-control admin create --email E`: see [`control::admin_cli`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,7 +17,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("admin") {
+        let done = control::admin_cli::run(args.skip(1).collect()).await?;
+        println!("{done}");
+        return Ok(());
+    }
     let mut config_file: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -25,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
             }
             "--help" | "-h" => {
                 println!("usage: vc-control [--config FILE]   (env overrides: VC_<KEY>, VC_<SECTION>__<KEY>)");
+                println!("       {}", control::admin_cli::USAGE);
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),

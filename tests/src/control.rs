@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 use crate::{fresh_postgres_url, start, Running};
 
+/// The password [`Control::user`] registers accounts with.
+pub const USER_PASSWORD: &str = "password123";
+
 /// The ticket secret [`start_control`] starts the instance with.
 pub const TICKET_SECRET: &str = "control-api-test-ticket-secret";
 /// The `server_url` [`start_control`] writes into QR codes.
@@ -114,9 +117,9 @@ impl Control {
         self.call(Method::GET, path, token, None).await
     }
 
-    /// Registers and logs in `email`; returns the JWT.
+    /// Registers and logs in `email` with [`USER_PASSWORD`]; returns the JWT.
     pub async fn user(&self, email: &str) -> Result<String> {
-        let creds = json!({"email": email, "password": "password123"});
+        let creds = json!({"email": email, "password": USER_PASSWORD});
         let (s, v) = self
             .call(Method::POST, "/api/register", None, Some(creds.clone()))
             .await?;
@@ -126,6 +129,66 @@ impl Control {
             .await?;
         ensure!(s == StatusCode::OK, "login {s} {v}");
         Ok(v["access_token"].as_str().context("jwt")?.to_owned())
+    }
+
+    /// Logs in; returns the status and body (the JWT is `access_token`).
+    pub async fn login(&self, email: &str, password: &str) -> Result<(StatusCode, Value)> {
+        self.post(
+            "/api/login",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// Logs in, expecting success; returns the JWT.
+    pub async fn jwt(&self, email: &str, password: &str) -> Result<String> {
+        let (s, v) = self.login(email, password).await?;
+        ensure!(s == StatusCode::OK, "login {email} {s} {v}");
+        Ok(v["access_token"].as_str().context("jwt")?.to_owned())
+    }
+
+    /// Runs `vc-control admin create --email <email>` on this instance's database, writing
+    /// `password` and a newline to its stdin (not a terminal: it reads one line). Returns
+    /// whether it succeeded and its stdout and stderr.
+    pub async fn admin_create(&self, email: &str, password: &str) -> Result<(bool, String)> {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new(crate::binary("vc-control"));
+        cmd.args(["admin", "create", "--email", email])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("VC_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("VC_DATABASE_URL", &self.db_url)
+            .env("VC_DATA_DIR", self._data.path())
+            .env("VC_ARGON2__MEMORY_KIB", "1024")
+            .env("VC_ARGON2__ITERATIONS", "1")
+            .env("RUST_LOG", "warn");
+        let mut child = cmd.spawn().context("spawn vc-control admin")?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(format!("{password}\n").as_bytes()).await?;
+        drop(stdin);
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .context("vc-control admin did not finish within 30 s")??;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
+    /// An admin made with [`Control::admin_create`], logged in; returns the JWT.
+    pub async fn admin(&self, email: &str, password: &str) -> Result<String> {
+        let (ok, out) = self.admin_create(email, password).await?;
+        ensure!(ok, "admin create failed: {out}");
+        self.jwt(email, password).await
     }
 
     /// Onboards and activates a camera named `uid`; returns `(device_id, device_secret)`.

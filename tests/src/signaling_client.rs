@@ -111,6 +111,15 @@ pub async fn wss_connect(addr: &str, path_and_query: &str, trust: &[u8]) -> Resu
     Ok((ws, cert))
 }
 
+/// The HTTP status a refused WebSocket upgrade to `url` got (errors if it was accepted).
+pub async fn refused(url: &str) -> Result<u16> {
+    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url)).await? {
+        Ok(_) => bail!("upgrade to {url} was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Ok(resp.status().as_u16()),
+        Err(e) => bail!("upgrade failed without an HTTP status: {e}"),
+    }
+}
+
 /// Waits for the close frame; returns its code and reason.
 pub async fn closed<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,

@@ -132,6 +132,7 @@ pub async fn register(
         (status = 200, description = "Logged in", body = LoginResponse),
         (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = super::docs::ErrorBodyDoc),
+        (status = 403, description = "Right password, but an admin disabled the account (`account_disabled`)", body = super::docs::ErrorBodyDoc),
         (status = 429, description = "Too many failed logins for this email from this client, for this email, or from this client (`rate_limited`); see Retry-After", body = super::docs::ErrorBodyDoc),
     ))]
 pub async fn login(
@@ -146,11 +147,14 @@ pub async fn login(
         .map(|e| e.as_str().to_owned())
         .unwrap_or_else(|_| req.email.trim().to_lowercase());
     let buckets = reserve_login(&ctx, &email, ip).await?;
-    let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
-        .bind(&email)
-        .fetch_optional(&ctx.db.pool)
-        .await?;
-    let (user, stored) = match row {
+    let row = sqlx::query(
+        "SELECT id, password_hash, role, disabled_at, tokens_valid_after FROM users \
+         WHERE email = $1",
+    )
+    .bind(&email)
+    .fetch_optional(&ctx.db.pool)
+    .await?;
+    let (user, stored) = match &row {
         Some(row) => (
             Some(row.try_get::<String, _>("id")?),
             Some(row.try_get::<String, _>("password_hash")?),
@@ -170,7 +174,25 @@ pub async fn login(
     for bucket in &buckets {
         ctx.limiter.release(bucket).await?;
     }
-    let token = ctx.jwt.issue(user, shared::ticket::unix_now())?;
+    let row = row.ok_or_else(invalid)?;
+    // Told only to someone who knows the password.
+    if row.try_get::<Option<i64>, _>("disabled_at")?.is_some() {
+        return Err(ApiError::forbidden(
+            "account_disabled",
+            "this account is disabled",
+        ));
+    }
+    let role = crate::auth::Role::parse(&row.try_get::<String, _>("role")?);
+    let iat = crate::auth::issue_time(
+        shared::ticket::unix_now(),
+        row.try_get("tokens_valid_after")?,
+    );
+    sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2")
+        .bind(now_secs())
+        .bind(user.to_string())
+        .execute(&ctx.db.pool)
+        .await?;
+    let token = ctx.jwt.issue(user, role, iat)?;
     Ok(json_response(
         StatusCode::OK,
         &LoginResponse {

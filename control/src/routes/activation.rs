@@ -335,7 +335,7 @@ pub async fn check_status(
     token: String,
     query: String,
 ) -> Result<Response, ApiError> {
-    let user = ctx.jwt.user_from_header(auth.as_deref())?;
+    let user = crate::auth::authenticate(&ctx, auth.as_deref()).await?.user;
     let mut wait = 0u64;
     for (key, value) in form_pairs(&query) {
         if key == "wait" {

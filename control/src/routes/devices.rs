@@ -93,7 +93,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         (status = 401, description = "Missing or invalid JWT", body = super::docs::ErrorBodyDoc),
     ))]
 pub async fn list(ctx: Ctx, auth: Option<String>) -> Result<Response, ApiError> {
-    let user = ctx.jwt.user_from_header(auth.as_deref())?;
+    let user = crate::auth::authenticate(&ctx, auth.as_deref()).await?.user;
     let rows = sqlx::query(&format!(
         "SELECT {} FROM {} WHERE d.owner_id = $1 ORDER BY d.created_at DESC, d.id",
         columns("$2"),
@@ -119,7 +119,7 @@ pub async fn list(ctx: Ctx, auth: Option<String>) -> Result<Response, ApiError> 
         (status = 404, description = "No such device for this user", body = super::docs::ErrorBodyDoc),
     ))]
 pub async fn get(ctx: Ctx, auth: Option<String>, id: String) -> Result<Response, ApiError> {
-    let user = ctx.jwt.user_from_header(auth.as_deref())?;
+    let user = crate::auth::authenticate(&ctx, auth.as_deref()).await?.user;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("device"))?;
     let row = sqlx::query(&format!(
         "SELECT {} FROM {} WHERE d.id = $1 AND d.owner_id = $2",
@@ -145,7 +145,7 @@ pub async fn get(ctx: Ctx, auth: Option<String>, id: String) -> Result<Response,
         (status = 404, description = "No such device for this user", body = super::docs::ErrorBodyDoc),
     ))]
 pub async fn delete(ctx: Ctx, auth: Option<String>, id: String) -> Result<Response, ApiError> {
-    let user = ctx.jwt.user_from_header(auth.as_deref())?;
+    let user = crate::auth::authenticate(&ctx, auth.as_deref()).await?.user;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("device"))?;
     let mut tx = ctx.db.begin_write().await?;
     let done = sqlx::query("DELETE FROM devices WHERE id = $1 AND owner_id = $2")

@@ -17,7 +17,10 @@ use warp::path::Tail;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{accounts, activation, devices, health, instrument, onboarding, presence, tickets};
+use super::{
+    account, accounts, activation, admin, devices, health, instrument, onboarding, presence,
+    tickets,
+};
 use crate::error::ApiError;
 
 /// `{"error": {"code", "message"}}`
@@ -175,6 +178,11 @@ impl Modify for BearerAuth {
     info(title = "VisionConnect control API", description = "vc-control: accounts, QR onboarding, camera activation, devices, relay tickets."),
     paths(
         accounts::register, accounts::login,
+        account::logout, account::change_password, account::delete_account,
+        account::rename_device,
+        admin::list_users, admin::get_user, admin::disable_user, admin::enable_user,
+        admin::delete_user_route, admin::list_devices, admin::device_counts,
+        admin::get_device, admin::revoke_device, admin::list_audit,
         onboarding::models, onboarding::onboard,
         activation::activate, activation::check_status,
         devices::list, devices::get, devices::delete,
@@ -360,6 +368,18 @@ mod tests {
             "/api/camera/activate",
             "/api/relay/ticket",
             "/api/internal/presence",
+            "/api/logout",
+            "/api/account",
+            "/api/account/password",
+            "/api/admin/users",
+            "/api/admin/users/{id}",
+            "/api/admin/users/{id}/disable",
+            "/api/admin/users/{id}/enable",
+            "/api/admin/devices",
+            "/api/admin/devices/counts",
+            "/api/admin/devices/{id}",
+            "/api/admin/devices/{id}/revoke",
+            "/api/admin/audit",
         ] {
             assert!(
                 doc["paths"][path].is_object(),

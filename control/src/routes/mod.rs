@@ -2,8 +2,10 @@
 //! [`Response`] (errors via [`ApiError::into_response`]); only unmatched paths fall through to
 //! [`recover`], which answers 404/405 in the same JSON shape.
 
+pub mod account;
 pub mod accounts;
 pub mod activation;
+pub mod admin;
 pub mod devices;
 pub mod docs;
 pub mod health;
@@ -40,6 +42,10 @@ pub fn all(app: Ctx) -> BoxedFilter<(Response,)> {
         .or(activation::routes(&app))
         .unify()
         .or(devices::routes(&app))
+        .unify()
+        .or(account::routes(&app))
+        .unify()
+        .or(admin::routes(&app))
         .unify()
         .or(tickets::routes(&app))
         .unify()

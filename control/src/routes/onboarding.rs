@@ -134,7 +134,7 @@ pub async fn onboard(
     auth: Option<String>,
     body: Result<Bytes, ApiError>,
 ) -> Result<Response, ApiError> {
-    let user = ctx.jwt.user_from_header(auth.as_deref())?;
+    let user = crate::auth::authenticate(&ctx, auth.as_deref()).await?.user;
     let req: OnboardRequest = parse_json(&body?)?;
     let ssid = WifiSsid::parse(req.wifi_ssid)?;
     let wifi_password = WifiPassword::parse(req.wifi_password)?;

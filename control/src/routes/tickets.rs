@@ -54,7 +54,7 @@ pub async fn ticket(
             (req.device_id.to_string(), owner, Role::Camera)
         }
         None => {
-            let user = ctx.jwt.user_from_header(auth.as_deref())?;
+            let user = crate::auth::authenticate(&ctx, auth.as_deref()).await?.user;
             authorize_viewer(&ctx, user, req.device_id).await?;
             (user.to_string(), user.to_string(), Role::Viewer)
         }
