@@ -19,6 +19,10 @@ pub enum ApiError {
     /// 401: missing, expired or forged credentials.
     #[error("{message}")]
     Unauthorized { code: &'static str, message: String },
+    /// 403: the caller may see the resource but not do this to it (a shared camera's
+    /// viewer trying an owner's action).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     /// 404: no such resource (or it belongs to someone else).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -58,6 +62,12 @@ impl ApiError {
             message: message.into(),
         }
     }
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Forbidden {
+            code,
+            message: message.into(),
+        }
+    }
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::Conflict {
             code,
@@ -87,6 +97,7 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) | Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -105,6 +116,7 @@ impl ApiError {
             Self::MalformedJson(_) => "malformed_json",
             Self::BadRequest { code, .. }
             | Self::Unauthorized { code, .. }
+            | Self::Forbidden { code, .. }
             | Self::Conflict { code, .. }
             | Self::Gone { code, .. }
             | Self::Validation { code, .. } => code,

@@ -17,7 +17,9 @@ use warp::path::Tail;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{accounts, activation, devices, health, instrument, onboarding, presence, tickets};
+use super::{
+    accounts, activation, devices, health, instrument, onboarding, presence, shares, tickets,
+};
 use crate::error::ApiError;
 
 /// `{"error": {"code", "message"}}`
@@ -177,7 +179,8 @@ impl Modify for BearerAuth {
         accounts::register, accounts::login,
         onboarding::models, onboarding::onboard,
         activation::activate, activation::check_status,
-        devices::list, devices::get, devices::delete,
+        devices::list, devices::get, devices::rename, devices::delete,
+        shares::create, shares::list, shares::revoke,
         tickets::ticket, presence::presence,
         health::healthz, health::metrics,
     ),
@@ -353,6 +356,11 @@ mod tests {
             keys(&shared::api::PresenceAck::default())
         );
         assert_eq!(props(&doc, "ErrorBody"), vec!["error"]);
+        assert!(props(&doc, "Device").contains(&"shared".to_owned()));
+        assert_eq!(props(&doc, "Invited"), vec!["share", "status"]);
+        let list = &doc["paths"]["/api/camera/devices"]["get"];
+        assert!(list["responses"]["200"]["headers"]["x-next-cursor"].is_object());
+        assert!(doc["paths"]["/api/camera/devices/{id}"]["patch"].is_object());
         for path in [
             "/api/register",
             "/api/login",
@@ -360,6 +368,9 @@ mod tests {
             "/api/camera/activate",
             "/api/relay/ticket",
             "/api/internal/presence",
+            "/api/camera/devices",
+            "/api/camera/devices/{id}/shares",
+            "/api/camera/devices/{id}/shares/{share_id}",
         ] {
             assert!(
                 doc["paths"][path].is_object(),

@@ -9,6 +9,7 @@ pub mod docs;
 pub mod health;
 pub mod onboarding;
 pub mod presence;
+pub mod shares;
 pub mod static_files;
 pub mod tickets;
 
@@ -38,6 +39,8 @@ pub fn all(app: Ctx) -> BoxedFilter<(Response,)> {
         .or(onboarding::routes(&app))
         .unify()
         .or(activation::routes(&app))
+        .unify()
+        .or(shares::routes(&app))
         .unify()
         .or(devices::routes(&app))
         .unify()
