@@ -465,3 +465,68 @@ async fn device_list_pages_sqlite() -> Result<()> {
 async fn device_list_pages_postgres() -> Result<()> {
     pagination(Db::Postgres).await
 }
+
+/// The web app's Share dialog and "Shared with me" marker in headless Chromium
+/// (tests/e2e/sharing.mjs): invite, the invitee's watch-only card, revoke, gone.
+#[tokio::test]
+async fn share_dialog_in_the_browser() -> Result<()> {
+    vc_tests::browser::require_browser_kit()?;
+    let c = Control::start(Db::Sqlite, SECRET, &[]).await?;
+    c.user("owner@example.com").await?;
+    let owner = {
+        let (s, v) = c
+            .post(
+                "/api/login",
+                None,
+                json!({"email": "owner@example.com", "password": "password123"}),
+            )
+            .await?;
+        ensure!(s == StatusCode::OK, "{s} {v}");
+        v["access_token"].as_str().context("jwt")?.to_owned()
+    };
+    c.user("viewer@example.com").await?;
+    let (dev, _) = c.camera(&owner, "CAM-BROWSER").await?;
+    let root = vc_tests::browser::repo_root();
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .arg(root.join("tests/e2e/sharing.mjs"))
+            .args(["--base-url", &c.base])
+            .args(["--owner", "owner@example.com"])
+            .args(["--invitee", "viewer@example.com"])
+            .args(["--device", &dev.to_string()])
+            .arg("--artifacts")
+            .arg(root.join("tests/e2e/artifacts"))
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("sharing.mjs did not finish within 120 s")??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Its check log, shown with the test's output.
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let result = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .context("no RESULT line")?;
+    let result: Value = serde_json::from_str(result)?;
+    ensure!(
+        out.status.success(),
+        "sharing.mjs failed ({}): {result}",
+        out.status
+    );
+    let checks = result["checks"].as_array().context("checks")?;
+    ensure!(
+        checks.len() >= 9 && checks.iter().all(|c| c["ok"] == true),
+        "{result}"
+    );
+    // What the browser did is what the API holds: the share was revoked.
+    ensure!(
+        c.get(&format!("/api/camera/devices/{dev}/shares"), Some(&owner))
+            .await?
+            .1
+            == json!([])
+    );
+    Ok(())
+}
