@@ -530,3 +530,63 @@ async fn share_dialog_in_the_browser() -> Result<()> {
     );
     Ok(())
 }
+
+/// An invitation to an address without an account grants nothing, not even once someone
+/// registers that address (emails are unverified); inviting it again then binds it. And the
+/// share limit holds under concurrent invitations (the camera's row serialises them).
+async fn pending_and_concurrent(db: Db) -> Result<()> {
+    let c = Control::start(db, SECRET, &[("VC_MAX_SHARES_PER_DEVICE", "3")]).await?;
+    let alice = c.user("alice@example.com").await?;
+    let (dev, _) = c.camera(&alice, "CAM-PENDING").await?;
+    let (s, _) = c.share(&alice, dev, "later@example.com").await?;
+    ensure!(s == StatusCode::ACCEPTED);
+    let later = c.user("later@example.com").await?;
+    ensure!(
+        c.devices(&later).await?.is_empty(),
+        "registration bound a pending invite"
+    );
+    let (s, _) = c
+        .post("/api/relay/ticket", Some(&later), json!({"device_id": dev}))
+        .await?;
+    ensure!(
+        s == StatusCode::NOT_FOUND,
+        "pending invite got a ticket: {s}"
+    );
+    let (s, _) = c.share(&alice, dev, "later@example.com").await?;
+    ensure!(s == StatusCode::ACCEPTED);
+    ensure!(c.listed(&later, dev).await?["shared"] == true);
+    c.viewer_ticket(&later, dev).await?;
+
+    // 12 invitations at once, 2 slots left: exactly 2 succeed, the rest are share_limit.
+    let invites = (0..12).map(|i| {
+        let (c, alice) = (&c, &alice);
+        async move { c.share(alice, dev, &format!("racer{i}@example.com")).await }
+    });
+    let answers = futures_util::future::try_join_all(invites).await?;
+    let ok = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    let limited = answers
+        .iter()
+        .filter(|(s, v)| *s == StatusCode::CONFLICT && code(v) == "share_limit")
+        .count();
+    ensure!((ok, limited) == (2, 10), "{answers:?}");
+    let stored = c
+        .sql(&format!(
+            "SELECT COUNT(*) FROM device_shares WHERE device_id = '{dev}'"
+        ))
+        .await?;
+    ensure!(stored == "3", "{stored} shares stored");
+    Ok(())
+}
+
+#[tokio::test]
+async fn pending_and_concurrent_sqlite() -> Result<()> {
+    pending_and_concurrent(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn pending_and_concurrent_postgres() -> Result<()> {
+    pending_and_concurrent(Db::Postgres).await
+}
