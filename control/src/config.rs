@@ -52,6 +52,9 @@ pub struct Config {
     /// Cameras (pending or activated) one account may have; onboarding beyond -> 409
     /// `camera_limit`. Bounds what one account can hold on the relay too.
     pub max_cameras_per_account: u32,
+    /// Shares (active or pending invitations) one camera may have; inviting beyond -> 409
+    /// `share_limit`. Bounds how many viewers one camera can be opened to.
+    pub max_shares_per_device: u32,
     /// After a camera's first successful activation, a retry without its device secret is
     /// accepted only this many seconds (and only while the secret is unused): long enough
     /// for a camera whose answer was lost, short enough that a leaked QR code cannot
@@ -128,6 +131,7 @@ impl Default for Config {
             register_window_secs: 3600,
             trusted_proxies: Vec::new(),
             max_cameras_per_account: 100,
+            max_shares_per_device: 10,
             activation_retry_window_secs: 30,
             max_body_bytes: 64 * 1024,
             password_min_len: 8,
@@ -197,6 +201,7 @@ mod tests {
             (c.max_cameras_per_account, c.activation_retry_window_secs),
             (100, 30)
         );
+        assert_eq!(c.max_shares_per_device, 10);
         assert_eq!(
             (
                 c.http.header_read_timeout_secs,

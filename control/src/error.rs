@@ -19,7 +19,8 @@ pub enum ApiError {
     /// 401: missing, expired or forged credentials.
     #[error("{message}")]
     Unauthorized { code: &'static str, message: String },
-    /// 403: authenticated but not allowed (a non-admin on an admin route, a disabled account).
+    /// 403: authenticated but not allowed (a non-admin on an admin route, a disabled account,
+    /// a shared camera's viewer trying an owner's action).
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
     /// 404: no such resource (or it belongs to someone else).

@@ -44,7 +44,7 @@ export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
  * `api('GET', '/api/camera/devices')`; `body` is sent as JSON; `signal` aborts (long polls).
  * Resolves to the parsed JSON (or null for 204), rejects with ApiError.
  */
-export async function api(method, path, body, { signal, auth = true } = {}) {
+export async function api(method, path, body, { signal, auth = true, onHeaders } = {}) {
   const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   const token = session.token;
@@ -61,6 +61,7 @@ export async function api(method, path, body, { signal, auth = true } = {}) {
     if (e.name === 'AbortError') throw e;
     throw new ApiError(0, 'network', 'Cannot reach the server. Check your connection.');
   }
+  if (res.ok && onHeaders) onHeaders(res.headers);
   if (res.status === 204) return null;
   const text = await res.text();
   let data = null;
@@ -84,11 +85,34 @@ export const API = {
   onboard: (req) => api('POST', '/api/camera/onboard', req),
   checkStatus: (deviceToken, waitSecs, signal) =>
     api('GET', `/api/camera/check-status/${encodeURIComponent(deviceToken)}?wait=${waitSecs}`, undefined, { signal }),
-  devices: () => api('GET', '/api/camera/devices'),
+  devices: allDevices,
   device: (id) => api('GET', `/api/camera/devices/${encodeURIComponent(id)}`),
   deleteDevice: (id) => api('DELETE', `/api/camera/devices/${encodeURIComponent(id)}`),
+  shares: (id) => api('GET', `/api/camera/devices/${encodeURIComponent(id)}/shares`),
+  share: (id, email) => api('POST', `/api/camera/devices/${encodeURIComponent(id)}/shares`, { email, role: 'viewer' }),
+  revokeShare: (id, shareId) =>
+    api('DELETE', `/api/camera/devices/${encodeURIComponent(id)}/shares/${encodeURIComponent(shareId)}`),
   ticket: (deviceId) => api('POST', '/api/relay/ticket', { device_id: deviceId }),
 };
+
+/**
+ * Every device of the account, own and shared: the list comes in pages (`x-next-cursor`
+ * names where the next one starts). Bounded, so a server bug cannot loop the tab forever.
+ */
+async function allDevices() {
+  const all = [];
+  let query = '?limit=500';
+  for (let page = 0; page < 100; page++) {
+    let next = null;
+    const data = await api('GET', `/api/camera/devices${query}`, undefined, {
+      onHeaders: (headers) => { next = headers.get('x-next-cursor'); },
+    });
+    if (Array.isArray(data)) all.push(...data);
+    if (!next) break;
+    query = `?limit=500&after=${encodeURIComponent(next)}`;
+  }
+  return all;
+}
 
 /** The models endpoint's shape is `[{...}]` or `{models: [...]}`; entries name their code differently. */
 export function modelList(data) {

@@ -167,6 +167,28 @@ function viewCameras() {
   const confirming = new Set();
 
   function card(d) {
+    const watch = d.status === 'pending'
+      ? h('button', { type: 'button', class: 'secondary', disabled: true, title: 'Not activated yet' }, 'Watch')
+      : h('a', { class: 'button', href: `#/player/${d.id}`, dataset: { action: 'watch' } }, 'Watch');
+    // A camera shared with us can only be watched: its owner alone renames, shares, deletes.
+    const actions = d.shared ? [watch] : [watch, shareButton(d), deleteButton(d)];
+    return h('article', { class: 'card', dataset: { deviceId: d.id, status: d.status, shared: d.shared ? 'true' : 'false' } },
+      h('div', { class: 'row spread' }, h('h3', {}, d.device_name || 'Camera'), statusPill(d.status)),
+      d.shared ? h('span', { class: 'shared-marker', dataset: { marker: 'shared' } }, 'Shared with me') : null,
+      h('dl', { class: 'meta' },
+        h('dt', {}, 'Model'), h('dd', {}, modelLabel(d.camera_model)),
+        h('dt', {}, 'Last seen'), h('dd', {}, d.status === 'online' ? 'now' : ago(d.last_seen)),
+        d.device_uid ? [h('dt', {}, 'UID'), h('dd', {}, d.device_uid)] : null,
+        d.local_ip ? [h('dt', {}, 'Local IP'), h('dd', {}, d.local_ip)] : null,
+        h('dt', {}, d.activated_at ? 'Activated' : 'Added'), h('dd', {}, ago(d.activated_at || d.created_at))),
+      h('div', { class: 'actions' }, ...actions));
+  }
+
+  function shareButton(d) {
+    return h('button', { type: 'button', class: 'secondary', dataset: { action: 'share' }, onclick: () => shareDialog(d) }, 'Share');
+  }
+
+  function deleteButton(d) {
     const del = h('button', { type: 'button', class: 'danger', dataset: { action: 'delete' } },
       confirming.has(d.id) ? 'Really delete?' : 'Delete');
     del.addEventListener('click', async () => {
@@ -186,18 +208,7 @@ function viewCameras() {
         del.disabled = false;
       }
     });
-    const watch = d.status === 'pending'
-      ? h('button', { type: 'button', class: 'secondary', disabled: true, title: 'Not activated yet' }, 'Watch')
-      : h('a', { class: 'button', href: `#/player/${d.id}`, dataset: { action: 'watch' } }, 'Watch');
-    return h('article', { class: 'card', dataset: { deviceId: d.id, status: d.status } },
-      h('div', { class: 'row spread' }, h('h3', {}, d.device_name || 'Camera'), statusPill(d.status)),
-      h('dl', { class: 'meta' },
-        h('dt', {}, 'Model'), h('dd', {}, modelLabel(d.camera_model)),
-        h('dt', {}, 'Last seen'), h('dd', {}, d.status === 'online' ? 'now' : ago(d.last_seen)),
-        d.device_uid ? [h('dt', {}, 'UID'), h('dd', {}, d.device_uid)] : null,
-        d.local_ip ? [h('dt', {}, 'Local IP'), h('dd', {}, d.local_ip)] : null,
-        h('dt', {}, d.activated_at ? 'Activated' : 'Added'), h('dd', {}, ago(d.activated_at || d.created_at))),
-      h('div', { class: 'actions' }, watch, del));
+    return del;
   }
 
   async function refresh() {
@@ -223,7 +234,86 @@ function viewCameras() {
     if (alive) timer = setTimeout(refresh, 3000);
   }
   refresh();
-  return () => { alive = false; clearTimeout(timer); };
+  return () => {
+    alive = false;
+    clearTimeout(timer);
+    document.getElementById('share-dialog')?.close();
+  };
+}
+
+/**
+ * The owner's "Share" dialog for camera `d`: invite by email, list who it is shared with,
+ * revoke. It lives outside the camera grid, which re-renders every few seconds.
+ */
+function shareDialog(d) {
+  document.getElementById('share-dialog')?.close();
+  const email = h('input', { type: 'email', id: 'share-email', required: true, autocomplete: 'off', placeholder: 'friend@example.com' });
+  const invite = h('button', { type: 'submit', id: 'share-invite' }, 'Invite');
+  const msg = h('div', { id: 'share-msg' });
+  const list = h('ul', { id: 'share-list', class: 'share-list' });
+  const dlg = h('dialog', { id: 'share-dialog', class: 'share-dialog', 'aria-labelledby': 'share-title' });
+
+  function row(s) {
+    const revoke = h('button', { type: 'button', class: 'danger', dataset: { action: 'revoke' } }, 'Revoke');
+    revoke.addEventListener('click', async () => {
+      revoke.disabled = true;
+      try {
+        await API.revokeShare(d.id, s.id);
+        msg.replaceChildren(alertBox('ok', `${s.email} can no longer watch this camera.`));
+        await load();
+      } catch (e) {
+        msg.replaceChildren(alertBox('error', `Revoke failed: ${errorText(e)}`));
+        revoke.disabled = false;
+      }
+    });
+    return h('li', { dataset: { shareId: s.id, email: s.email } }, h('span', { class: 'share-email' }, s.email), revoke);
+  }
+
+  async function load() {
+    try {
+      const shares = await API.shares(d.id);
+      list.replaceChildren(...(shares.length
+        ? shares.map(row)
+        : [h('li', { class: 'muted', id: 'share-none' }, 'Not shared with anyone yet.')]));
+    } catch (e) {
+      msg.replaceChildren(alertBox('error', `Could not load shares: ${errorText(e)}`));
+    }
+  }
+
+  const form = h('form', { id: 'share-form', novalidate: true },
+    h('label', { for: 'share-email' }, 'Email of their VisionConnect account'),
+    h('div', { class: 'row' }, email, invite));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    invite.disabled = true;
+    try {
+      const r = await API.share(d.id, email.value);
+      // The server answers alike whether or not the address has an account.
+      msg.replaceChildren(alertBox('ok', `Invited ${r.share.email}. If that address has an account, they can watch now; otherwise invite them again once they have signed up.`));
+      email.value = '';
+      await load();
+    } catch (e) {
+      const text = e instanceof ApiError && e.code === 'share_limit'
+        ? 'This camera is shared with the most people allowed. Revoke someone first.'
+        : errorText(e);
+      msg.replaceChildren(alertBox('error', text));
+    } finally {
+      invite.disabled = false;
+    }
+  });
+
+  dlg.append(
+    h('h2', { id: 'share-title' }, `Share “${d.device_name || 'Camera'}”`),
+    h('p', { class: 'muted' }, 'They can watch live video. They cannot rename, delete or share the camera.'),
+    form, msg,
+    h('h3', {}, 'Shared with'), list,
+    h('div', { class: 'row end' },
+      h('button', { type: 'button', class: 'secondary', id: 'share-close', onclick: () => dlg.close() }, 'Close')));
+  dlg.addEventListener('close', () => dlg.remove());
+  document.body.append(dlg);
+  dlg.showModal();
+  email.focus();
+  load();
 }
 
 function viewModels() {

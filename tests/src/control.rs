@@ -247,13 +247,87 @@ impl Control {
         Ok(serde_json::from_value(v)?)
     }
 
-    /// `GET /api/camera/devices` as `jwt`.
+    /// Every device `GET /api/camera/devices` lists for `jwt`, all pages.
     pub async fn devices(&self, jwt: &str) -> Result<Vec<Value>> {
-        let (s, v) = self
-            .call(Method::GET, "/api/camera/devices", Some(jwt), None)
+        let mut all = Vec::new();
+        let mut query = String::new();
+        loop {
+            let page = self.devices_page(jwt, &query).await?;
+            ensure!(page.status == StatusCode::OK, "devices {}", page.status);
+            all.extend(page.devices);
+            match page.next {
+                Some(next) => query = format!("after={next}"),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of `GET /api/camera/devices?<query>` as `jwt`.
+    pub async fn devices_page(&self, jwt: &str, query: &str) -> Result<DevicePage> {
+        let res = self
+            .http
+            .get(format!("{}/api/camera/devices?{query}", self.base))
+            .bearer_auth(jwt)
+            .send()
             .await?;
-        ensure!(s == StatusCode::OK, "devices {s} {v}");
-        Ok(v.as_array().context("device list")?.clone())
+        let status = res.status();
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (next, link) = (header("x-next-cursor"), header("link"));
+        let body: Value = res.json().await?;
+        let devices = match body.as_array() {
+            Some(a) if status == StatusCode::OK => a.clone(),
+            _ => Vec::new(),
+        };
+        Ok(DevicePage {
+            status,
+            devices,
+            next,
+            link,
+            body,
+        })
+    }
+
+    /// `POST /api/camera/devices/{device}/shares` as `jwt`, inviting `email` as a viewer.
+    pub async fn share(&self, jwt: &str, device: Uuid, email: &str) -> Result<(StatusCode, Value)> {
+        self.post(
+            &format!("/api/camera/devices/{device}/shares"),
+            Some(jwt),
+            json!({"email": email, "role": "viewer"}),
+        )
+        .await
+    }
+
+    /// Runs `query` on this instance's database with the sqlite3 or psql client; returns
+    /// the rows, one a line, columns separated by `|`.
+    pub async fn sql(&self, query: &str) -> Result<String> {
+        let out = match self.db_url.strip_prefix("sqlite://") {
+            Some(rest) => {
+                let path = rest.split('?').next().unwrap_or_default();
+                tokio::process::Command::new("sqlite3")
+                    .arg(path)
+                    .arg(query)
+                    .output()
+                    .await?
+            }
+            None => {
+                tokio::process::Command::new("psql")
+                    .arg(&self.db_url)
+                    .args(["-At", "-c", query])
+                    .output()
+                    .await?
+            }
+        };
+        ensure!(
+            out.status.success(),
+            "{query}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
 
     /// The device as `GET /api/camera/devices` lists it.
@@ -292,6 +366,18 @@ impl Control {
         self.post("/api/camera/activate", None, json!({"device_token": token, "device_uid": uid, "camera_model": "CP_PLUS_WIFI_V2", "local_ip": "192.168.1.50"}))
             .await
     }
+}
+
+/// One page of the device list.
+#[derive(Debug)]
+pub struct DevicePage {
+    pub status: StatusCode,
+    /// The body's array (empty unless 200).
+    pub devices: Vec<Value>,
+    /// `x-next-cursor`: more follow.
+    pub next: Option<String>,
+    pub link: Option<String>,
+    pub body: Value,
 }
 
 /// The `error.code` of an error body.

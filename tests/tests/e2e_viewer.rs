@@ -6,43 +6,17 @@
 //! This test owns every process: the Node script asks for camera actions with `STEP` lines on
 //! its stdout and gets `OK`/`ERR` on its stdin. Screenshots land in `tests/e2e/artifacts/`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+use vc_tests::browser::{repo_root, require_browser_kit};
 
 /// The whole browser walk-through, bounded so a wedged part can never hang CI.
 const TEST_DEADLINE: Duration = Duration::from_secs(240);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the workspace root")
-        .to_path_buf()
-}
-
-/// Fails (never skips) with a clear message when the browser kit is not installed.
-fn require_browser_kit() -> Result<()> {
-    let root = repo_root();
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    ensure!(
-        Path::new(&chromium).exists(),
-        "{chromium} not found: install Debian's chromium (bash .ci/setup does)"
-    );
-    ensure!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
-        "playwright-core missing: run `npm ci --prefix tests/browser --no-audit --no-fund` (bash .ci/setup does)"
-    );
-    let node = std::process::Command::new("node").arg("--version").output();
-    ensure!(
-        node.map(|o| o.status.success()).unwrap_or(false),
-        "node not found: install nodejs (bash .ci/setup does)"
-    );
-    Ok(())
-}
 
 /// A free TCP port on 127.0.0.1. vc-control and vc-relay each need the other's address at
 /// start, so vc-control's port is chosen before the relay starts.

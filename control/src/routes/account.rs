@@ -1,5 +1,5 @@
 //! The caller's own account (issue 12): `POST /api/logout`, `POST /api/account/password`,
-//! `DELETE /api/account`, and renaming a camera, `PATCH /api/camera/devices/{id}`.
+//! `DELETE /api/account` (renaming a camera is in `devices.rs`).
 //! Changing the password and deleting the account need the current password, so a stolen
 //! JWT alone cannot lock the owner out.
 
@@ -22,7 +22,7 @@ use super::{
 };
 use crate::audit::{self, Action, Record};
 use crate::auth::{authenticate, Principal};
-use crate::domain::{DeviceName, Password};
+use crate::domain::Password;
 use crate::error::ApiError;
 use crate::limiter::Limit;
 use crate::presence::{self, Revoke};
@@ -39,13 +39,6 @@ pub struct ChangePassword {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct DeleteAccount {
     pub password: String,
-}
-
-/// `PATCH /api/camera/devices/{id}` body.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct RenameDevice {
-    /// 1-64 printable characters.
-    pub device_name: String,
 }
 
 pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
@@ -73,22 +66,10 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         .then(|ctx: Ctx, auth: Option<String>, ip, body| async move {
             respond(delete_account(ctx, auth, ip, body).await)
         });
-    let rename = warp::path!("api" / "camera" / "devices" / String)
-        .and(warp::patch())
-        .and(with_ctx(ctx))
-        .and(authorization())
-        .and(body(limit))
-        .then(
-            |id: String, ctx: Ctx, auth: Option<String>, body| async move {
-                respond(rename_device(ctx, auth, id, body).await)
-            },
-        );
     instrument("/api/logout", logout)
         .or(instrument("/api/account/password", password))
         .unify()
         .or(instrument("/api/account", delete))
-        .unify()
-        .or(instrument("/api/camera/devices/{id}", rename))
         .unify()
         .boxed()
 }
@@ -266,39 +247,6 @@ pub(crate) async fn delete_user(
         return Err(ApiError::NotFound("user"));
     }
     Ok(devices.len())
-}
-
-/// Renames one of the caller's cameras.
-#[utoipa::path(patch, path = "/api/camera/devices/{id}", tag = "devices", security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "Device id")),
-    request_body = RenameDevice,
-    responses(
-        (status = 200, description = "Renamed", body = super::devices::Device),
-        (status = 401, description = "Missing or invalid JWT", body = super::docs::ErrorBodyDoc),
-        (status = 404, description = "No such device for this user", body = super::docs::ErrorBodyDoc),
-        (status = 422, description = "Invalid name", body = super::docs::ErrorBodyDoc),
-    ))]
-pub async fn rename_device(
-    ctx: Ctx,
-    auth: Option<String>,
-    id: String,
-    body: Result<Bytes, ApiError>,
-) -> Result<Response, ApiError> {
-    let me = authenticate(&ctx, auth.as_deref()).await?;
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("device"))?;
-    let req: RenameDevice = parse_json(&body?)?;
-    let name = DeviceName::parse(&req.device_name)?;
-    let done = sqlx::query("UPDATE devices SET device_name = $1 WHERE id = $2 AND owner_id = $3")
-        .bind(name.into_inner())
-        .bind(id.to_string())
-        .bind(me.user.to_string())
-        .execute(&ctx.db.pool)
-        .await?;
-    // Someone else's camera is answered like a missing one.
-    if done.rows_affected() == 0 {
-        return Err(ApiError::NotFound("device"));
-    }
-    super::devices::get(ctx, auth, id.to_string()).await
 }
 
 /// Deletes logged-out tokens' rows once the tokens expired (they fail verification then).

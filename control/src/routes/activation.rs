@@ -391,8 +391,9 @@ async fn read_status(ctx: &Ctx, token_hash: &str, user: Uuid) -> Result<CheckSta
     })
 }
 
-/// `a=1&b=2` -> pairs (no percent-decoding needed for the numeric parameters used here).
-fn form_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+/// `a=1&b=2` -> pairs (no percent-decoding: the parameters read with it, numbers and device
+/// list cursors, are plain ASCII).
+pub(crate) fn form_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())

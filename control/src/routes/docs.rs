@@ -19,7 +19,7 @@ use warp::{Filter, Reply};
 
 use super::{
     account, accounts, activation, admin, devices, health, instrument, onboarding, presence,
-    tickets,
+    shares, tickets,
 };
 use crate::error::ApiError;
 
@@ -179,13 +179,13 @@ impl Modify for BearerAuth {
     paths(
         accounts::register, accounts::login,
         account::logout, account::change_password, account::delete_account,
-        account::rename_device,
         admin::list_users, admin::get_user, admin::disable_user, admin::enable_user,
         admin::delete_user_route, admin::list_devices, admin::device_counts,
         admin::get_device, admin::revoke_device, admin::list_audit,
         onboarding::models, onboarding::onboard,
         activation::activate, activation::check_status,
-        devices::list, devices::get, devices::delete,
+        devices::list, devices::get, devices::rename, devices::delete,
+        shares::create, shares::list, shares::revoke,
         tickets::ticket, presence::presence,
         health::healthz, health::metrics,
     ),
@@ -361,6 +361,11 @@ mod tests {
             keys(&shared::api::PresenceAck::default())
         );
         assert_eq!(props(&doc, "ErrorBody"), vec!["error"]);
+        assert!(props(&doc, "Device").contains(&"shared".to_owned()));
+        assert_eq!(props(&doc, "Invited"), vec!["share", "status"]);
+        let list = &doc["paths"]["/api/camera/devices"]["get"];
+        assert!(list["responses"]["200"]["headers"]["x-next-cursor"].is_object());
+        assert!(doc["paths"]["/api/camera/devices/{id}"]["patch"].is_object());
         for path in [
             "/api/register",
             "/api/login",
@@ -380,6 +385,9 @@ mod tests {
             "/api/admin/devices/{id}",
             "/api/admin/devices/{id}/revoke",
             "/api/admin/audit",
+            "/api/camera/devices",
+            "/api/camera/devices/{id}/shares",
+            "/api/camera/devices/{id}/shares/{share_id}",
         ] {
             assert!(
                 doc["paths"][path].is_object(),

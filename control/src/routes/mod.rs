@@ -11,6 +11,7 @@ pub mod docs;
 pub mod health;
 pub mod onboarding;
 pub mod presence;
+pub mod shares;
 pub mod static_files;
 pub mod tickets;
 
@@ -40,6 +41,8 @@ pub fn all(app: Ctx) -> BoxedFilter<(Response,)> {
         .or(onboarding::routes(&app))
         .unify()
         .or(activation::routes(&app))
+        .unify()
+        .or(shares::routes(&app))
         .unify()
         .or(devices::routes(&app))
         .unify()

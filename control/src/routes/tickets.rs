@@ -1,6 +1,6 @@
 //! `POST /api/relay/ticket`: short-lived relay credentials, verified by vc-relay with the
-//! ticket secret alone. A viewer authenticates with its JWT and must own `device_id`; a
-//! camera authenticates with `device_id` + `device_secret` (then no JWT is needed).
+//! ticket secret alone. A viewer authenticates with its JWT and must own `device_id` or
+//! have it shared with it (an active share, see [`super::shares`]); a camera authenticates with `device_id` + `device_secret` (then no JWT is needed).
 
 use bytes::Bytes;
 use shared::api::{SignalingTicket, TicketRequest, TicketResponse, TurnTicket};
@@ -36,7 +36,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         (status = 200, description = "Ticket", body = super::docs::TicketResponseDoc),
         (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
         (status = 401, description = "No JWT, bad JWT, or wrong device secret (`invalid_device_credentials`)", body = super::docs::ErrorBodyDoc),
-        (status = 404, description = "Viewer: no such device for this user", body = super::docs::ErrorBodyDoc),
+        (status = 404, description = "Viewer: no such device for this user (not owned, not shared, or the share was revoked)", body = super::docs::ErrorBodyDoc),
         (status = 409, description = "Viewer: the camera has not activated yet (`device_not_activated`)", body = super::docs::ErrorBodyDoc),
     ))]
 pub async fn ticket(
@@ -128,12 +128,16 @@ async fn authenticate_camera(
 }
 
 async fn authorize_viewer(ctx: &Ctx, user: Uuid, device: Uuid) -> Result<(), ApiError> {
-    let row = sqlx::query("SELECT status FROM devices WHERE id = $1 AND owner_id = $2")
-        .bind(device.to_string())
-        .bind(user.to_string())
-        .fetch_optional(&ctx.db.pool)
-        .await?
-        .ok_or(ApiError::NotFound("device"))?;
+    // Checked at every ticket: a revoked share stops getting tickets at once.
+    let row = sqlx::query(
+        "SELECT d.status FROM devices d WHERE d.id = $1 AND (d.owner_id = $2 OR EXISTS ( \
+             SELECT 1 FROM device_shares s WHERE s.device_id = d.id AND s.user_id = $2))",
+    )
+    .bind(device.to_string())
+    .bind(user.to_string())
+    .fetch_optional(&ctx.db.pool)
+    .await?
+    .ok_or(ApiError::NotFound("device"))?;
     let status: String = row.try_get("status")?;
     if status == "pending" {
         return Err(ApiError::conflict(

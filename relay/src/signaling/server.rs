@@ -37,7 +37,8 @@ pub(crate) struct Kill {
     reason: AtomicU8,
 }
 
-const REASONS: [CloseReason; 8] = [
+/// Every reason, by index: one missing here would close with `REASONS[0]`'s code instead.
+const REASONS: [CloseReason; 9] = [
     CloseReason::Replaced,
     CloseReason::DeviceUnknown,
     CloseReason::TokenExpired,
@@ -46,6 +47,7 @@ const REASONS: [CloseReason; 8] = [
     CloseReason::Idle,
     CloseReason::Unauthorized,
     CloseReason::Shutdown,
+    CloseReason::Revoked,
 ];
 
 impl Kill {
@@ -699,5 +701,12 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(rt.block_on(k.fired()), CloseReason::Replaced);
+        // Each reason closes with itself (a revoked viewer once closed as `replaced`, 4001).
+        for reason in REASONS {
+            let k = Kill::default();
+            k.fire(reason);
+            assert_eq!(rt.block_on(k.fired()), reason);
+        }
+        assert!(REASONS.contains(&CloseReason::Revoked));
     }
 }
