@@ -388,6 +388,9 @@ impl Router {
                         reason: CloseReason::Replaced,
                     });
                 }
+                if self.node.is_some() {
+                    self.end_stale_remote_sessions(device, out);
+                }
                 out.push(Delivery::Presence {
                     device_id: device,
                     online: true,
@@ -721,6 +724,28 @@ impl Router {
                 device_id: device,
             },
         });
+    }
+
+    /// Clustered: `device`'s camera is now here, so sessions local viewers hold with it on
+    /// another node are dead (that node died or the camera moved; nobody else tells us). Their
+    /// viewers get `bye` `camera_reconnected` and connect again. One scan of the sessions per
+    /// camera connect, only when clustered.
+    fn end_stale_remote_sessions(&self, device: Uuid, out: &mut Vec<Delivery>) {
+        let stale: Vec<(Uuid, Party)> = self
+            .sessions
+            .iter()
+            .filter(|r| r.device == device && matches!(r.camera, Party::Remote { .. }))
+            .map(|r| (*r.key(), r.viewer.clone()))
+            .collect();
+        for (session_id, viewer) in stale {
+            self.sessions.remove(&session_id);
+            if let Party::Local(v) = viewer {
+                if let Some(mut list) = self.remote_viewers.get_mut(&v) {
+                    list.retain(|s| *s != session_id);
+                }
+            }
+            out.push(bye_to(&viewer, session_id, bye_reason::CAMERA_RECONNECTED));
+        }
     }
 
     /// Clustered: local `viewer` is gone; ends its sessions with cameras on other nodes.
@@ -1426,6 +1451,32 @@ mod tests {
         for d in &devices {
             assert!(router.devices.get(d).is_some_and(|s| s.sessions.is_empty()));
         }
+    }
+
+    /// Node a dies with the camera; the camera comes back on b, where the viewer is: the
+    /// viewer's dead cross-node session ends with a bye instead of hanging.
+    #[test]
+    fn a_camera_arriving_ends_sessions_with_its_old_node() {
+        let key = TicketKey::new(&Secret::new("router-test"));
+        let b = Router::clustered(key.clone(), RouterLimits::default(), "b".into());
+        let dev = Uuid::new_v4();
+        let claims = |sub: &str, role, devices| key.mint_signaling(sub, role, devices, NOW, 600).1;
+        let v = ConnState::new(1, claims("user-1", Role::Viewer, vec![dev]));
+        let mut out = Vec::new();
+        b.connected(NOW * 1000, &v, &mut out);
+        let sid = Uuid::new_v4();
+        b.remote_opened(v.id, dev, sid, "a".into(), 7, &mut out);
+        assert_eq!(b.sessions(), 1);
+        out.clear();
+        let cam = ConnState::new(2, claims(&dev.to_string(), Role::Camera, vec![dev]));
+        b.connected(NOW * 1000, &cam, &mut out);
+        assert!(out.contains(&bye(v.id, sid, Some(bye_reason::CAMERA_RECONNECTED))));
+        assert_eq!(b.sessions(), 0);
+        assert!(b.remote_viewers.get(&v.id).is_none_or(|l| l.is_empty()));
+        // The viewer leaving later sends nothing to the dead node.
+        out.clear();
+        b.disconnected(NOW * 1000, &v, &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     /// Two clustered routers with the driver's part played by hand (no IO, no clock).
