@@ -6,6 +6,7 @@
 //! Binaries are looked up in the cargo target dir next to this test executable, so
 //! `cargo build --workspace --bins` must have run first (README's test command does).
 
+pub mod balancer;
 pub mod browser;
 pub mod certs;
 pub mod control;

@@ -2,7 +2,8 @@
 //! balancer) and two clustered vc-relay nodes on a private NATS. Every step goes through a
 //! different instance than the one before, so nothing may depend on per-process state:
 //! JWTs, activation long-polls, presence, tickets, cross-node signaling, a camera moving
-//! between nodes, a node killed.
+//! between nodes, a node killed. And a real vc-camera failing over from a killed node to
+//! another through a load balancer, with video seen again.
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
 use uuid::Uuid;
+use vc_tests::balancer::Balancer;
 use vc_tests::signaling_client::{recv, send, Ws, STEP};
-use vc_tests::stack::{start_relay, Control};
+use vc_tests::stack::{start_relay, Control, Db};
+use vc_tests::viewer::viewer_until_online;
 use vc_tests::{fresh_postgres_url, Nats, Running};
 
 const SECRET: &str = "fleet-test-ticket-secret";
@@ -254,5 +257,143 @@ async fn two_controls_two_relays_one_fleet() -> Result<()> {
         other => bail!("expected the camera offline, got {other:?}"),
     }
     relay_a.terminate().await?;
+    Ok(())
+}
+
+/// Runs `vc-camera onboard` with the QR payload the control plane produced.
+async fn camera_onboard(payload: &str, state: &str) -> Result<()> {
+    let mut cmd = tokio::process::Command::new(vc_tests::binary("vc-camera"));
+    cmd.args(["onboard", "--qr-payload", payload, "--state", state])
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("VC_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .context("vc-camera onboard hung")??;
+    ensure!(
+        out.status.success(),
+        "onboard failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A real vc-camera behind a load balancer in front of two clustered relays: relay A is
+/// killed (SIGKILL) under it; the camera reconnects by itself through the balancer to B, the
+/// viewer's dead cross-node session ends with `bye`, and a viewer sees the live video again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_fails_over_to_another_node_and_video_resumes() -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(150), failover())
+        .await
+        .context("failover test deadline")?
+}
+
+async fn failover() -> Result<()> {
+    let nats = Nats::start().await?;
+    let nats_url = nats.url();
+    let control_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let control_url = format!("http://127.0.0.1:{control_port}");
+    let relay = |name: &'static str| {
+        let (control_url, nats_url) = (control_url.clone(), nats_url.clone());
+        async move {
+            start_relay(
+                SECRET,
+                &control_url,
+                &[
+                    ("VC_CLUSTER__NODE_ID", name),
+                    ("VC_CLUSTER__NATS_URL", nats_url.as_str()),
+                    ("VC_SIGNALING__PRESENCE_LEASE_SECS", "3"),
+                    ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
+                ],
+            )
+            .await
+        }
+    };
+    let relay_a = relay("node-a").await?;
+    let relay_b = relay("node-b").await?;
+    let lb = Balancer::start(vec![
+        relay_a.addr("signaling").to_owned(),
+        relay_b.addr("signaling").to_owned(),
+    ])
+    .await?;
+    let turn_uris = serde_json::to_string(&[
+        format!("turn:{}?transport=udp", relay_a.addr("turn-udp")),
+        format!("turn:{}?transport=udp", relay_b.addr("turn-udp")),
+    ])?;
+    let signaling_url = format!("ws://{}/ws", lb.addr);
+    let listen = format!("127.0.0.1:{control_port}");
+    let control = Control::start(
+        Db::Sqlite,
+        SECRET,
+        &[
+            ("VC_LISTEN", listen.as_str()),
+            ("VC_SERVER_URL", control_url.as_str()),
+            ("VC_RELAY__SIGNALING_URL", signaling_url.as_str()),
+            ("VC_RELAY__TURN_URIS", turn_uris.as_str()),
+        ],
+    )
+    .await?;
+    let jwt = control.user("failover@example.com").await?;
+    let ob = control.onboard(&jwt, "Garage").await?;
+    let dev = Uuid::parse_str(ob["device_id"].as_str().context("device_id")?)?;
+    let payload = match &ob["qr_payload"] {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("camera.json").display().to_string();
+    camera_onboard(&payload, &state).await?;
+    let _camera =
+        vc_tests::start("vc-camera", &["run", "--state", &state, "--fps", "20"], &[]).await?;
+
+    // The camera's connection went through the balancer to node A (first in turn).
+    wait_status(&control, &jwt, dev, "online", Duration::from_secs(15)).await?;
+    let ticket = || control.viewer_ticket(&jwt, dev);
+    let mut viewer = viewer_until_online(ticket, dev, Duration::from_secs(15)).await?;
+    viewer.frames(10).await?;
+
+    // Node A dies under the camera.
+    let mut relay_a = relay_a;
+    relay_a.child.kill().await?;
+    let t0 = Instant::now();
+    // The viewer's session ends (the camera reappears on B, which ends the dead session).
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(ev) = viewer.events.recv().await {
+            if matches!(ev, ServerMessage::Bye { .. } | ServerMessage::Error { .. }) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    ensure!(ended, "the viewer's session on the dead node never ended");
+    eprintln!(
+        "viewer's session ended {:?} after node A was killed",
+        t0.elapsed()
+    );
+    wait_status(&control, &jwt, dev, "online", Duration::from_secs(15)).await?;
+    eprintln!(
+        "camera online again {:?} after node A was killed",
+        t0.elapsed()
+    );
+    viewer.close().await;
+
+    // A viewer sees live video again, through node B.
+    let mut again = viewer_until_online(ticket, dev, Duration::from_secs(30)).await?;
+    let frames = again.frames(10).await?;
+    eprintln!(
+        "video again {:?} after node A was killed (frame counters {:?}..)",
+        t0.elapsed(),
+        frames.first()
+    );
+    again.close().await;
+    drop(relay_b);
     Ok(())
 }
