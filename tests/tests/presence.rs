@@ -4,9 +4,10 @@
 //!   Postgres): a camera that moved nodes stays online whatever order the reports arrive in,
 //!   a lapsed or released lease takes a node's cameras offline, a restarted node's old epoch is
 //!   refused, a deleted device is named in the next ack.
-//! * `thousands_of_cameras_stay_right`: a real vc-control (Postgres) and vc-relay, 3,000 camera
-//!   WebSockets from one load client held for longer than every periodic timer in the path
-//!   (heartbeat, lease, ping, idle), a third closed cleanly, then the relay killed.
+//! * `thousands_of_cameras_stay_right`: a real vc-control (Postgres) and vc-relay, 5,000 camera
+//!   WebSockets from one load client held for 30 s, longer than every periodic timer in the
+//!   path (heartbeat, lease, ping, idle), with both processes' RSS sampled, half closed
+//!   cleanly, then the relay killed and a new one started.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -334,8 +335,19 @@ async fn wait_all(
     }
 }
 
-const USERS: usize = 30;
+const USERS: usize = 50;
 const CAMERAS_PER_USER: usize = 100;
+const HOLD: Duration = Duration::from_secs(30);
+
+/// Resident set size of process `pid`, KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")
+}
 
 #[tokio::test]
 async fn thousands_of_cameras_stay_right() -> Result<()> {
@@ -361,27 +373,31 @@ async fn thousands_of_cameras_stay_right() -> Result<()> {
     let ws_base = format!("ws://{}/ws", relay.addr("signaling"));
     let key = TicketKey::new(&Secret::new(SECRET));
 
-    // The fleet: USERS accounts with CAMERAS_PER_USER activated cameras each, through the API.
+    // The fleet: USERS accounts (through the API) with CAMERAS_PER_USER activated cameras
+    // each (inserted with SQL: activating 5,000 cameras through the API is not what is tested).
     let t0 = Instant::now();
     let mut jwts = Vec::new();
     for u in 0..USERS {
         jwts.push(c.user(&format!("fleet{u}@example.com")).await?);
     }
-    let jobs = jwts.iter().flat_map(|jwt| {
-        (0..CAMERAS_PER_USER)
-            .map(move |i| (jwt.clone(), format!("CAM-{}-{i}", &jwt[jwt.len() - 8..])))
-    });
-    let devices: Vec<Uuid> = futures_util::stream::iter(jobs)
-        .map(|(jwt, uid)| {
-            let c = &c;
-            async move { c.camera(&jwt, &uid).await.map(|(id, _)| id) }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
+    psql(
+        &c.db_url,
+        &format!(
+            "INSERT INTO devices (id, owner_id, device_name, camera_model, status, token_hash, \
+                 token_expires_at, device_uid, created_at, activated_at) \
+             SELECT gen_random_uuid()::text, u.id, 'cam ' || g, 'CP_PLUS_WIFI_V2', 'offline', \
+                 md5(u.id || g), 0, 'UID-' || u.id || '-' || g, g, g \
+             FROM users u, generate_series(1, {CAMERAS_PER_USER}) AS g"
+        ),
+    )
+    .await?;
+    let devices: Vec<Uuid> = psql(&c.db_url, "SELECT id FROM devices")
+        .await?
+        .lines()
+        .map(Uuid::parse_str)
+        .collect::<Result<_, _>>()?;
     let n = devices.len();
+    ensure!(n == USERS * CAMERAS_PER_USER, "{n} devices");
     eprintln!("{n} cameras activated in {:?}", t0.elapsed());
 
     // All connect; all show online within 2 s of the last one connecting.
@@ -397,12 +413,35 @@ async fn thousands_of_cameras_stay_right() -> Result<()> {
         .into_iter()
         .collect::<Result<_>>()?;
     eprintln!("{n} cameras connected in {:?}", t0.elapsed());
-    let took = wait_all(&c, &jwts, Duration::from_secs(2), |_, s| s == "online").await?;
+    // A burst of 5,000 connects is reported in 25 reports, one in flight at a time (ordering):
+    // the aim for a burst is 5 s (issue 9); a single camera's 2 s is tested in signaling.rs.
+    let took = wait_all(&c, &jwts, Duration::from_secs(5), |_, s| s == "online").await?;
     eprintln!("all online {took:?} after the last connected");
 
-    // Hold for longer than every timer: nothing changes, and no device row is written.
+    // Hold for longer than every timer: nothing changes, no device row is written, and the
+    // relay's and vc-control's memory stays flat (sampled every 5 s).
     let hold_from = now_ms();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let pids = [
+        relay.child.id().context("relay pid")?,
+        c.running.child.id().context("control pid")?,
+    ];
+    let mut samples: Vec<[u64; 2]> = Vec::new();
+    let hold_end = Instant::now() + HOLD;
+    while Instant::now() < hold_end {
+        samples.push([rss_kib(pids[0])?, rss_kib(pids[1])?]);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    samples.push([rss_kib(pids[0])?, rss_kib(pids[1])?]);
+    eprintln!("RSS KiB [relay, control] every 5 s over the hold: {samples:?}");
+    for (i, name) in ["vc-relay", "vc-control"].iter().enumerate() {
+        // After the first sample (warm-up), growth is noise: at most 10 % + 4 MiB.
+        let first = samples[1][i];
+        let last = samples.last().expect("samples")[i];
+        ensure!(
+            last <= first + first / 10 + 4096,
+            "{name} RSS grew from {first} KiB to {last} KiB while idle"
+        );
+    }
     wait_all(&c, &jwts, Duration::ZERO, |_, s| s == "online").await?;
     let written = psql(
         &c.db_url,
@@ -426,8 +465,8 @@ async fn thousands_of_cameras_stay_right() -> Result<()> {
         "presence reports failed"
     );
 
-    // A third disconnect cleanly: offline within 2 s, the rest stay online.
-    let leaving: Vec<HeldCamera> = held.drain(..n / 3).collect();
+    // Half disconnect cleanly: offline within 2 s, the rest stay online.
+    let leaving: Vec<HeldCamera> = held.drain(..n / 2).collect();
     let gone: HashSet<Uuid> = leaving.iter().map(|h| h.device).collect();
     let t0 = Instant::now();
     for h in leaving {
