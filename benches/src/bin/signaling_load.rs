@@ -46,6 +46,9 @@ struct Args {
     rates: Vec<u64>,
     secs: u64,
     window: usize,
+    /// `--cluster nats://...`: pairs run twice on two clustered relays, both ends on one node
+    /// and then camera on node A with viewer on node B (routed over NATS).
+    cluster: Option<String>,
 }
 
 fn parse_list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>> {
@@ -64,6 +67,7 @@ fn args() -> Result<Args> {
         rates: vec![20_000, 50_000, 100_000],
         secs: 5,
         window: 4,
+        cluster: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -75,6 +79,7 @@ fn args() -> Result<Args> {
             "--rates" => a.rates = parse_list(&v)?,
             "--secs" => a.secs = v.parse()?,
             "--window" => a.window = v.parse()?,
+            "--cluster" => a.cluster = Some(v),
             _ => bail!("unknown argument {k}"),
         }
     }
@@ -103,8 +108,13 @@ struct Relay {
 }
 
 impl Relay {
-    async fn start(path: &PathBuf) -> Result<Self> {
+    /// Starts one; `cluster` = `(node id, NATS URL)` makes it a cluster node.
+    async fn start(path: &PathBuf, cluster: Option<(&str, &str)>) -> Result<Self> {
         let mut cmd = Command::new(path);
+        if let Some((node, nats)) = cluster {
+            cmd.env("VC_CLUSTER__NODE_ID", node)
+                .env("VC_CLUSTER__NATS_URL", nats);
+        }
         cmd.env("VC_TICKET_SECRET", SECRET)
             .env("VC_ADMIN_LISTEN", "127.0.0.1:0")
             .env("VC_SIGNALING__LISTEN", "127.0.0.1:0")
@@ -186,7 +196,7 @@ async fn next_msg(ws: &mut Ws) -> Result<ServerMessage> {
 }
 
 async fn idle(args: &Args, key: &TicketKey) -> Result<()> {
-    let relay = Relay::start(&args.relay).await?;
+    let relay = Relay::start(&args.relay, None).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base = relay.rss_kib();
     println!("\n## idle camera connections (relay RSS at start: {base} KiB)\n");
@@ -319,8 +329,10 @@ struct Pair {
     session: Uuid,
 }
 
+/// `m` pairs: cameras on `cam_relay`, viewers on `viewer_relay` (the same or another node).
 async fn setup_pairs(
-    relay: &Relay,
+    cam_relay: &Relay,
+    viewer_relay: &Relay,
     key: &TicketKey,
     m: usize,
     stop: &Arc<AtomicBool>,
@@ -329,20 +341,32 @@ async fn setup_pairs(
     for _ in 0..m {
         let dev = Uuid::new_v4();
         let cam = connect(
-            &relay.url,
+            &cam_relay.url,
             &token(key, Role::Camera, &dev.to_string(), vec![dev]),
         )
         .await?;
         tokio::spawn(echo_camera(cam, stop.clone()));
-        let mut viewer = connect(&relay.url, &token(key, Role::Viewer, "load", vec![dev])).await?;
-        viewer
-            .send(Message::text(serde_json::to_string(
-                &ClientMessage::Connect { device_id: dev },
-            )?))
-            .await?;
-        let session = match next_msg(&mut viewer).await? {
-            ServerMessage::Session { session_id, .. } => session_id,
-            other => bail!("expected session, got {other:?}"),
+        let mut viewer = connect(
+            &viewer_relay.url,
+            &token(key, Role::Viewer, "load", vec![dev]),
+        )
+        .await?;
+        // Across nodes the directory entry may still be on its way: retry a little.
+        let mut tries = 0;
+        let session = loop {
+            viewer
+                .send(Message::text(serde_json::to_string(
+                    &ClientMessage::Connect { device_id: dev },
+                )?))
+                .await?;
+            match next_msg(&mut viewer).await? {
+                ServerMessage::Session { session_id, .. } => break session_id,
+                ServerMessage::Error { .. } if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => bail!("expected session, got {other:?}"),
+            }
         };
         pairs.push(Pair { viewer, session });
     }
@@ -471,49 +495,65 @@ fn rand_phase(id: Uuid) -> f64 {
 
 async fn pairs(args: &Args, key: &TicketKey) -> Result<()> {
     println!("\n## viewer<->camera pairs (one round trip = 2 routed messages, ~200-byte payloads, {} s each)\n", args.secs);
-    println!("| pairs | mode | offered msgs/s | routed msgs/s | relay CPU | routed msgs per relay CPU-s | p50 ms | p99 ms | p99.9 ms |");
-    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| pairs | placement | mode | offered msgs/s | routed msgs/s | relay CPU | routed msgs per relay CPU-s | p50 ms | p99 ms | p99.9 ms |");
+    println!("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let placements: &[&str] = if args.cluster.is_some() {
+        &["same-node", "cross-node"]
+    } else {
+        &["single"]
+    };
     for &m in &args.pairs {
         let mut modes: Vec<Option<u64>> = vec![None];
         modes.extend(args.rates.iter().map(|r| Some(*r)));
         for mode in modes {
-            // A fresh relay per run: nothing left over from the previous one.
-            let relay = Relay::start(&args.relay).await?;
-            let stop = Arc::new(AtomicBool::new(false));
-            let ps = setup_pairs(&relay, key, m, &stop).await?;
-            let totals = Arc::new(Totals {
-                hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-                done: AtomicU64::new(0),
-            });
-            let t0 = Instant::now();
-            let deadline = t0 + Duration::from_secs(args.secs);
-            let cpu0 = relay.cpu_secs();
-            let per_viewer = mode.map(|r| r as f64 / 2.0 / m as f64);
-            let tasks: Vec<_> = ps
-                .into_iter()
-                .map(|p| {
-                    tokio::spawn(run_viewer(
-                        p,
-                        args.window,
-                        per_viewer,
-                        deadline,
-                        totals.clone(),
-                    ))
-                })
-                .collect();
-            for t in tasks {
-                let _ = t.await;
-            }
-            let cpu = relay.cpu_secs() - cpu0;
-            let wall = args.secs as f64;
-            let routed = totals.done.load(Ordering::Relaxed) as f64 * 2.0;
-            let h = totals
-                .hist
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?;
-            let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
-            println!(
-                "| {m} | {} | {} | {:.0} | {:.0} % | {:.0} | {:.2} | {:.2} | {:.2} |",
+            for &placement in placements {
+                // Fresh relays per run: nothing left over from the previous one.
+                let nats = args.cluster.as_deref();
+                let relay = Relay::start(&args.relay, nats.map(|n| ("load-a", n))).await?;
+                let other = match nats {
+                    Some(n) => Some(Relay::start(&args.relay, Some(("load-b", n))).await?),
+                    None => None,
+                };
+                let viewer_relay = match (&other, placement) {
+                    (Some(b), "cross-node") => b,
+                    _ => &relay,
+                };
+                let stop = Arc::new(AtomicBool::new(false));
+                let ps = setup_pairs(&relay, viewer_relay, key, m, &stop).await?;
+                let totals = Arc::new(Totals {
+                    hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+                    done: AtomicU64::new(0),
+                });
+                let t0 = Instant::now();
+                let deadline = t0 + Duration::from_secs(args.secs);
+                let cpu_all = || relay.cpu_secs() + other.as_ref().map_or(0.0, |b| b.cpu_secs());
+                let cpu0 = cpu_all();
+                let per_viewer = mode.map(|r| r as f64 / 2.0 / m as f64);
+                let tasks: Vec<_> = ps
+                    .into_iter()
+                    .map(|p| {
+                        tokio::spawn(run_viewer(
+                            p,
+                            args.window,
+                            per_viewer,
+                            deadline,
+                            totals.clone(),
+                        ))
+                    })
+                    .collect();
+                for t in tasks {
+                    let _ = t.await;
+                }
+                let cpu = cpu_all() - cpu0;
+                let wall = args.secs as f64;
+                let routed = totals.done.load(Ordering::Relaxed) as f64 * 2.0;
+                let h = totals
+                    .hist
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?;
+                let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+                println!(
+                "| {m} | {placement} | {} | {} | {:.0} | {:.0} % | {:.0} | {:.2} | {:.2} | {:.2} |",
                 if mode.is_some() { "open" } else { "closed" },
                 mode.map(|r| r.to_string())
                     .unwrap_or_else(|| format!("window {}", args.window)),
@@ -524,8 +564,10 @@ async fn pairs(args: &Args, key: &TicketKey) -> Result<()> {
                 q(0.99),
                 q(0.999),
             );
-            stop.store(true, Ordering::Relaxed);
-            drop(relay.child);
+                stop.store(true, Ordering::Relaxed);
+                drop(relay.child);
+                drop(other);
+            }
         }
     }
     Ok(())
