@@ -122,6 +122,8 @@ impl Relay {
             .env("VC_SIGNALING__RATE_PER_SEC", "1000000")
             .env("VC_SIGNALING__RATE_BURST", "1000000")
             .env("VC_SIGNALING__OUTBOUND_QUEUE", "4096")
+            // Every load connection comes from 127.0.0.1.
+            .env("VC_SIGNALING__MAX_CONNECTIONS_PER_IP", "1000000")
             .env("VC_TURN__LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
