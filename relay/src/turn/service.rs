@@ -110,6 +110,7 @@ impl TurnService {
         // Peers may not be the relay itself (its admin, signaling and relay ports).
         shared.policy.own.push(relay_ip);
         let shared = Arc::new(shared);
+        super::stats::Stats::register_all();
         // Exported so that alerts can say "near the limit" without knowing the config.
         metrics::gauge!("vc_relay_turn_allocations_max").set(f64::from(cfg.max_allocations));
         let pool = Arc::new(PortPool::new(

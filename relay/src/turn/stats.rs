@@ -26,9 +26,24 @@ pub struct Stats {
 impl Stats {
     /// Adds the counters to the global metrics registry.
     pub fn flush(&self) {
+        self.emit(false);
+    }
+
+    /// Registers every TURN counter at zero, so dashboards and alerts see them (and `rate()`
+    /// works) before the first event.
+    pub fn register_all() {
+        Stats::default().emit(true);
+        metrics::gauge!("vc_relay_turn_tcp_connections_active").increment(0.0);
+        for reason in ["per_ip", "total", "tls_handshake"] {
+            metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => reason).increment(0);
+        }
+    }
+
+    /// Adds the counters; `all`: zeros too (registration), else only what moved (hot path).
+    fn emit(&self, all: bool) {
         use metrics::counter;
         let c = |name: &'static str, v: u64| {
-            if v > 0 {
+            if all || v > 0 {
                 counter!(name).increment(v);
             }
         };
@@ -45,7 +60,7 @@ impl Stats {
             self.allocations_deleted,
         );
         let f = |reason: &'static str, v: u64| {
-            if v > 0 {
+            if all || v > 0 {
                 counter!("vc_relay_turn_allocations_failed_total", "reason" => reason).increment(v);
             }
         };
@@ -56,7 +71,7 @@ impl Stats {
         c("vc_relay_turn_auth_failures_total", self.auth_failures);
         c("vc_relay_turn_quota_rejections_total", self.failed_quota);
         let d = |name: &'static str, dir: &'static str, v: u64| {
-            if v > 0 {
+            if all || v > 0 {
                 counter!(name, "direction" => dir).increment(v);
             }
         };
