@@ -1,5 +1,6 @@
 //! `vc-control [--config FILE]`: reads config, binds, prints `listening http <addr>` and
-//! `ready` on stdout (logs go to stderr), serves until SIGINT/SIGTERM.
+//! `ready` on stdout (logs go to stderr), serves until SIGINT/SIGTERM. The line says `http`
+//! with `[tls]` set too: it names the listener (the harness's contract), not the scheme.
 //! `vc-control admin create --email E`: see [`control::admin_cli`].
 
 use std::io::Write;
@@ -51,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
         writeln!(out, "ready")?;
         out.flush()?;
     }
-    tracing::info!(%addr, "vc-control serving");
+    let scheme = if app.tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "vc-control serving");
     control::serve(listener, app, shutdown_signal()).await;
     tracing::info!("vc-control stopped");
     Ok(())
