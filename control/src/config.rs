@@ -135,17 +135,18 @@ impl Config {
         )?))
     }
 
-    /// `server_url` as QR codes carry it. An explicit value is kept as written; empty (or the
-    /// plaintext default while TLS is on, which could only be wrong) becomes
-    /// `<scheme>://<listen>`, so a TLS-only server never hands cameras an `http://` URL.
-    pub fn resolve_server_url(&self) -> String {
+    /// `server_url` as QR codes carry it, for a listener on `addr` (the bound address when
+    /// known, else `listen`). An explicit value is kept as written; empty (or the plaintext
+    /// default while TLS is on, which could only be wrong) becomes `<scheme>://<addr>`, so a
+    /// TLS-only server never hands cameras an `http://` URL.
+    pub fn resolve_server_url(&self, addr: &str) -> String {
         let derive = self.server_url.is_empty()
             || (self.tls.enabled() && self.server_url == DEFAULT_SERVER_URL);
         if !derive {
             return self.server_url.clone();
         }
         let scheme = if self.tls.enabled() { "https" } else { "http" };
-        format!("{scheme}://{}", self.listen)
+        format!("{scheme}://{addr}")
     }
 }
 
@@ -268,15 +269,15 @@ mod tests {
     #[test]
     fn server_url_follows_the_listener_scheme_unless_set() {
         let mut c = Config::default();
-        assert_eq!(c.resolve_server_url(), "http://127.0.0.1:8000");
+        let at = "127.0.0.1:8000";
+        assert_eq!(c.resolve_server_url(at), "http://127.0.0.1:8000");
         c.tls.cert_file = "cert.pem".into();
-        assert_eq!(c.resolve_server_url(), "https://127.0.0.1:8000");
-        c.listen = "0.0.0.0:443".into();
+        assert_eq!(c.resolve_server_url(at), "https://127.0.0.1:8000");
         c.server_url = String::new();
-        assert_eq!(c.resolve_server_url(), "https://0.0.0.0:443");
+        assert_eq!(c.resolve_server_url("10.0.0.5:443"), "https://10.0.0.5:443");
         // An explicit URL is the operator's (a proxy in front may terminate TLS).
         c.server_url = "http://cams.example".into();
-        assert_eq!(c.resolve_server_url(), "http://cams.example");
+        assert_eq!(c.resolve_server_url(at), "http://cams.example");
         assert!(!Config::default().tls.enabled());
         assert_eq!(Config::default().tls.reload_check_secs, 10);
     }

@@ -63,7 +63,8 @@ impl App {
             }
             None => None,
         };
-        config.server_url = config.resolve_server_url();
+        // (`main` already resolved it with the bound port; then this keeps it.)
+        config.server_url = config.resolve_server_url(&config.listen);
         let jwt_secret = secret_or_generate(&config.jwt_secret, &config, "jwt.secret")?;
         let ticket_secret = secret_or_generate(&config.ticket_secret, &config, "ticket.secret")?;
         let db = db::Db::connect(&config.database_url, config.db_max_connections).await?;

@@ -38,13 +38,15 @@ async fn main() -> anyhow::Result<()> {
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    let config: control::Config =
+    let mut config: control::Config =
         shared::config::load(config_file.as_deref()).context("loading configuration")?;
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // A derived server_url names the port actually bound (`listen` may say port 0).
+    config.server_url = config.resolve_server_url(&addr.to_string());
     let app = control::App::new(config).await.context("starting")?;
     {
         let mut out = std::io::stdout().lock();

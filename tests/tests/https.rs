@@ -64,6 +64,7 @@ impl Conn {
         &mut self,
         method: Method,
         path: &str,
+        jwt: Option<&str>,
         body: Value,
     ) -> Result<(StatusCode, Version, Value)> {
         // Null: no body (a GET).
@@ -73,9 +74,12 @@ impl Conn {
             serde_json::to_vec(&body)?
         };
         let body = Full::new(Bytes::from(bytes));
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .header("content-type", "application/json");
+        if let Some(jwt) = jwt {
+            req = req.header("authorization", format!("Bearer {jwt}"));
+        }
         let res = match self {
             Conn::H1(s) => {
                 let req = req.uri(path).header("host", "localhost").body(body)?;
@@ -102,11 +106,11 @@ impl Conn {
     async fn register_and_login(&mut self, email: &str, want: Version) -> Result<String> {
         let creds = json!({"email": email, "password": USER_PASSWORD});
         let (s, v, body) = self
-            .call(Method::POST, "/api/register", creds.clone())
+            .call(Method::POST, "/api/register", None, creds.clone())
             .await?;
         ensure!(s == StatusCode::CREATED, "register {s} {body}");
         ensure!(v == want, "register answered over {v:?}, not {want:?}");
-        let (s, v, body) = self.call(Method::POST, "/api/login", creds).await?;
+        let (s, v, body) = self.call(Method::POST, "/api/login", None, creds).await?;
         ensure!(s == StatusCode::OK, "login {s} {body}");
         ensure!(v == want, "login answered over {v:?}, not {want:?}");
         Ok(body["access_token"]
@@ -196,7 +200,9 @@ async fn plaintext_is_refused_and_a_stalled_handshake_is_cut_at_the_deadline() -
 
     // Neither disturbed the server.
     let (mut conn, _, _) = open(&addr, &a.der, b"http/1.1").await?;
-    let (s, v, _) = conn.call(Method::GET, "/healthz", Value::Null).await?;
+    let (s, v, _) = conn
+        .call(Method::GET, "/healthz", None, Value::Null)
+        .await?;
     ensure!(
         s == StatusCode::OK && v == Version::HTTP_11,
         "healthz {s} {v:?}"
@@ -284,6 +290,41 @@ async fn a_bad_renewal_is_ignored_and_a_good_one_is_polled() -> Result<()> {
     let mut new = until_served(&addr, &b, Duration::from_secs(6)).await?;
     new.register_and_login("good@example.test", Version::HTTP_11)
         .await?;
+    control.running.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn qr_codes_carry_an_https_server_url_when_none_is_configured() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let a = TestCert::generate()?;
+    let (c, k) = a.write(dir.path())?;
+    let (c, k) = (c.display().to_string(), k.display().to_string());
+    // Control::start, not start_control: no VC_SERVER_URL, so vc-control derives it.
+    let control = Control::start(
+        Db::Sqlite,
+        "https-test-ticket-secret",
+        &[("VC_TLS__CERT_FILE", &c), ("VC_TLS__KEY_FILE", &k)],
+    )
+    .await?;
+    let addr = control.running.addr("http").to_owned();
+    let (mut conn, _, _) = open(&addr, &a.der, b"h2").await?;
+    let jwt = conn
+        .register_and_login("qr@example.test", Version::HTTP_2)
+        .await?;
+    let body = json!({"camera_model": "CP_PLUS_WIFI_V2", "wifi_ssid": "HomeNet",
+        "wifi_password": "wifi-pass-123"});
+    let (s, _, v) = conn
+        .call(Method::POST, "/api/camera/onboard", Some(&jwt), body)
+        .await?;
+    ensure!(s == StatusCode::CREATED, "onboard {s} {v}");
+    let qr: Value = serde_json::from_str(v["qr_payload"].as_str().context("qr_payload")?)?;
+    // The bound port, not `listen`'s 0: the URL a camera on this host could use.
+    ensure!(
+        qr["server_url"] == format!("https://{addr}"),
+        "QR server_url {} for a TLS listener on {addr}",
+        qr["server_url"]
+    );
     control.running.terminate().await?;
     Ok(())
 }
