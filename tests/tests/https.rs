@@ -328,3 +328,43 @@ async fn qr_codes_carry_an_https_server_url_when_none_is_configured() -> Result<
     control.running.terminate().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn pending_handshakes_count_against_the_connection_cap() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let a = TestCert::generate()?;
+    let control = tls_control(
+        dir.path(),
+        &a,
+        &[
+            ("VC_HTTP__MAX_CONNECTIONS", "2"),
+            ("VC_HTTP__HEADER_READ_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await?;
+    let addr = control.running.addr("http").to_owned();
+    // Two sockets stalled inside the handshake hold both slots...
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        s.write_all(&[0x16, 0x03, 0x01, 0x02]).await?;
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so a third client is closed at once, before any handshake.
+    ensure!(
+        open(&addr, &a.der, b"http/1.1").await.is_err(),
+        "a connection beyond the cap was served"
+    );
+    // Once the deadline cut the stalled ones, their slots serve again.
+    for s in &mut stalled {
+        read_until_closed(s).await?;
+    }
+    let (mut conn, _, _) = open(&addr, &a.der, b"http/1.1").await?;
+    let (s, _, _) = conn
+        .call(Method::GET, "/healthz", None, Value::Null)
+        .await?;
+    ensure!(s == StatusCode::OK, "healthz {s}");
+    control.running.terminate().await?;
+    Ok(())
+}
