@@ -23,8 +23,8 @@ pub struct Config {
     /// Where generated secrets (and the default SQLite file) live.
     pub data_dir: PathBuf,
     /// Public base URL of this server, written into onboarding QR codes (`https://...` when
-    /// `[tls]` is set). Empty, or the default while `[tls]` is set: derived from `listen`
-    /// with the listener's scheme (see [`Config::resolve_server_url`]).
+    /// `[tls]` is set). Empty, or the default while `[tls]` is set: derived from the bound
+    /// address with the listener's scheme (see [`Config::resolve_server_url`]).
     pub server_url: String,
     /// HS256 key of login JWTs; generated into `data_dir/jwt.secret` when empty.
     pub jwt_secret: Secret,

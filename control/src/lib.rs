@@ -53,16 +53,8 @@ pub struct App {
 impl App {
     /// Opens and migrates the database and loads (or generates) the secrets.
     pub async fn new(mut config: Config) -> Result<Arc<Self>, StartError> {
+        // Loaded first: a bad certificate fails startup before the database is touched.
         let tls = config.load_tls()?;
-        // Started here, not in `serve`: the SIGHUP handler must be in place before `main`
-        // prints `ready`, or an early SIGHUP would kill the process (its default action).
-        let tls_watch = match &tls {
-            Some(cert) => {
-                let check = Duration::from_secs(config.tls.reload_check_secs);
-                Some(tokio::spawn(cert.clone().watch(check)?))
-            }
-            None => None,
-        };
         // (`main` already resolved it with the bound port; then this keeps it.)
         config.server_url = config.resolve_server_url(&config.listen);
         let jwt_secret = secret_or_generate(&config.jwt_secret, &config, "jwt.secret")?;
@@ -70,9 +62,20 @@ impl App {
         let db = db::Db::connect(&config.database_url, config.db_max_connections).await?;
         let models = routes::onboarding::load_models(&db).await?;
         let (activations, _) = broadcast::channel(1024);
+        let passwords = auth::Passwords::new(&config.argon2)?;
+        // Started here, not in `serve`: the SIGHUP handler must be in place before `main`
+        // prints `ready`, or an early SIGHUP would kill the process (its default action).
+        // Last, so that a failed start leaves no watcher behind.
+        let tls_watch = match &tls {
+            Some(cert) => {
+                let check = Duration::from_secs(config.tls.reload_check_secs);
+                Some(tokio::spawn(cert.clone().watch(check)?))
+            }
+            None => None,
+        };
         Ok(Arc::new(Self {
             jwt: auth::Jwt::new(&jwt_secret, config.jwt_ttl_secs),
-            passwords: auth::Passwords::new(&config.argon2)?,
+            passwords,
             tickets: TicketKey::new(&ticket_secret),
             limiter: limiter::Limiter::new(db.clone()),
             models,
