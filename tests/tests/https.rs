@@ -368,3 +368,20 @@ async fn pending_handshakes_count_against_the_connection_cap() -> Result<()> {
     control.running.terminate().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unloadable_certificate_stops_startup() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let a = TestCert::generate()?;
+    let (c, k) = a.write(dir.path())?;
+    std::fs::write(&k, "not a key")?;
+    let (c, k) = (c.display().to_string(), k.display().to_string());
+    // No silent fallback to plaintext: the process exits instead of printing `ready`.
+    let started = start_control(
+        Db::Sqlite,
+        &[("VC_TLS__CERT_FILE", &c), ("VC_TLS__KEY_FILE", &k)],
+    )
+    .await;
+    ensure!(started.is_err(), "vc-control started with a broken key");
+    Ok(())
+}
