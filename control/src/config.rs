@@ -3,11 +3,14 @@
 //! (`VC_DEVICE_TOKEN_TTL_SECS=60`, `VC_RELAY__SIGNALING_URL=...`, `VC_ARGON2__MEMORY_KIB=...`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use shared::tls::ReloadableCert;
 use shared::Secret;
 
 use crate::limiter::Cidr;
+use crate::StartError;
 
 /// Everything vc-control can be told. Every limit and TTL of the API is a named setting here.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,7 +22,9 @@ pub struct Config {
     pub database_url: String,
     /// Where generated secrets (and the default SQLite file) live.
     pub data_dir: PathBuf,
-    /// Public base URL of this server, written into onboarding QR codes.
+    /// Public base URL of this server, written into onboarding QR codes (`https://...` when
+    /// `[tls]` is set). Empty, or the default while `[tls]` is set: derived from the bound
+    /// address with the listener's scheme (see [`Config::resolve_server_url`]).
     pub server_url: String,
     /// HS256 key of login JWTs; generated into `data_dir/jwt.secret` when empty.
     pub jwt_secret: Secret,
@@ -76,6 +81,73 @@ pub struct Config {
     pub relay: RelayConfig,
     pub argon2: Argon2Config,
     pub http: HttpConfig,
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: certificate of the HTTP listener. Unset: plaintext HTTP, as before.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first). Empty: TLS off.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_file: PathBuf,
+    /// Seconds between checks of the files' mtimes (reload on change; SIGHUP reloads at once).
+    /// 0: SIGHUP only.
+    pub reload_check_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            reload_check_secs: 10,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// True when a certificate is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+}
+
+/// The default `server_url`: what a plaintext listener on the default `listen` serves.
+const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:8000";
+
+impl Config {
+    /// The certificate of the HTTP listener, loaded (and reloadable), when `[tls]` is set.
+    /// A configured certificate that cannot be loaded is an error: no silent plaintext.
+    pub fn load_tls(&self) -> Result<Option<Arc<ReloadableCert>>, StartError> {
+        if !self.tls.enabled() {
+            return Ok(None);
+        }
+        if self.tls.key_file.as_os_str().is_empty() {
+            return Err(StartError::Config(
+                "tls.cert_file is set but tls.key_file is not".into(),
+            ));
+        }
+        Ok(Some(ReloadableCert::load(
+            &self.tls.cert_file,
+            &self.tls.key_file,
+        )?))
+    }
+
+    /// `server_url` as QR codes carry it, for a listener on `addr` (the bound address when
+    /// known, else `listen`). An explicit value is kept as written; empty (or the plaintext
+    /// default while TLS is on, which could only be wrong) becomes `<scheme>://<addr>`, so a
+    /// TLS-only server never hands cameras an `http://` URL.
+    pub fn resolve_server_url(&self, addr: &str) -> String {
+        let derive = self.server_url.is_empty()
+            || (self.tls.enabled() && self.server_url == DEFAULT_SERVER_URL);
+        if !derive {
+            return self.server_url.clone();
+        }
+        let scheme = if self.tls.enabled() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    }
 }
 
 /// Connection limits of the HTTP listener (slowloris and idle-socket floods).
@@ -117,7 +189,7 @@ impl Default for Config {
             listen: "127.0.0.1:8000".into(),
             database_url: "sqlite://data/visionconnect.db?mode=rwc".into(),
             data_dir: PathBuf::from("data"),
-            server_url: "http://127.0.0.1:8000".into(),
+            server_url: DEFAULT_SERVER_URL.into(),
             jwt_secret: Secret::default(),
             ticket_secret: Secret::default(),
             jwt_ttl_secs: 24 * 3600,
@@ -142,6 +214,7 @@ impl Default for Config {
             relay: RelayConfig::default(),
             argon2: Argon2Config::default(),
             http: HttpConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -191,6 +264,22 @@ mod tests {
         let mut c = c;
         c.jwt_secret = Secret::new("hunter2hunter2");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn server_url_follows_the_listener_scheme_unless_set() {
+        let mut c = Config::default();
+        let at = "127.0.0.1:8000";
+        assert_eq!(c.resolve_server_url(at), "http://127.0.0.1:8000");
+        c.tls.cert_file = "cert.pem".into();
+        assert_eq!(c.resolve_server_url(at), "https://127.0.0.1:8000");
+        c.server_url = String::new();
+        assert_eq!(c.resolve_server_url("10.0.0.5:443"), "https://10.0.0.5:443");
+        // An explicit URL is the operator's (a proxy in front may terminate TLS).
+        c.server_url = "http://cams.example".into();
+        assert_eq!(c.resolve_server_url(at), "http://cams.example");
+        assert!(!Config::default().tls.enabled());
+        assert_eq!(Config::default().tls.reload_check_secs, 10);
     }
 
     #[test]

@@ -166,6 +166,9 @@ pub enum StartError {
     /// A migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The `[tls]` certificate or key could not be loaded, or the SIGHUP handler installed.
+    #[error("{0}")]
+    Tls(#[from] shared::Error),
     /// A secret file could not be read or created, or a setting is invalid.
     #[error("{0}")]
     Config(String),

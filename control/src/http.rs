@@ -1,7 +1,8 @@
 //! Serving the API: warp's filter on hyper-util connections accepted here, because warp
 //! 0.4's own server sets no header-read timeout, no idle timeout and no connection cap, so
 //! a slowloris client (headers a byte at a time) or a pile of idle sockets could hold a
-//! task and a file descriptor each, forever.
+//! task and a file descriptor each, forever. With `[tls]` a TLS handshake (ALPN `h2`,
+//! `http/1.1`) comes first, under the same caps and the header-read deadline.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
@@ -28,12 +30,14 @@ use crate::config::HttpConfig;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// Serves `routes` on `listener` until `shutdown` completes, then lets every connection
-/// finish its request in flight (idle ones close at once) and returns when all are gone.
+/// Serves `routes` on `listener` (over TLS through `tls` when given) until `shutdown`
+/// completes, then lets every connection finish its request in flight (idle ones close at
+/// once) and returns when all are gone.
 pub async fn serve(
     listener: TcpListener,
     routes: BoxedFilter<(Response,)>,
     cfg: &HttpConfig,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let max = cfg.max_connections.clamp(1, Semaphore::MAX_PERMITS as u32);
@@ -45,7 +49,10 @@ pub async fn serve(
         // hyper also runs this timer while a kept-alive connection waits for its next
         // request, so for HTTP/1 the idle limit is the shorter of the two settings.
         .header_read_timeout(Duration::from_secs(cfg.header_read_timeout_secs.max(1)));
+    // (With TLS, ALPN only tells the client what we speak: the auto builder still picks the
+    // protocol by the connection's first bytes, the h2 preface or not.)
     let builder = Arc::new(builder);
+    let header_timeout = Duration::from_secs(cfg.header_read_timeout_secs.max(1));
     let idle = Duration::from_secs(cfg.keep_alive_idle_secs.max(1));
     let service = warp::service(routes);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -72,8 +79,27 @@ pub async fn serve(
         let builder = builder.clone();
         let service = service.clone();
         let stop = stop_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            connection(stream, peer, &builder, service, idle, stop).await;
+            let activity = Arc::new(Activity::new());
+            let io = Tracked {
+                inner: stream,
+                activity: activity.clone(),
+            };
+            match tls {
+                None => connection(io, activity, peer, &builder, service, idle, stop).await,
+                Some(acceptor) => {
+                    // A client that opens a socket and stalls the handshake gets the same
+                    // deadline as one that stalls its request header (the slot is held).
+                    match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => {
+                            connection(tls, activity, peer, &builder, service, idle, stop).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -85,25 +111,23 @@ pub async fn serve(
 
 type Request = warp::hyper::Request<warp::hyper::body::Incoming>;
 
-async fn connection<S>(
-    stream: TcpStream,
+async fn connection<I, S>(
+    stream: I,
+    activity: Arc<Activity>,
     peer: SocketAddr,
     builder: &auto::Builder<TokioExecutor>,
     service: S,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
 ) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower_service::Service<Request, Response = Response, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Tracked {
-        inner: stream,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(stream);
     let in_flight = activity.clone();
     let svc = warp::hyper::service::service_fn(move |mut req: Request| {
         req.extensions_mut().insert(PeerAddr(peer));

@@ -44,25 +44,46 @@ pub struct App {
     pub activations: broadcast::Sender<Uuid>,
     pub rng: ring::rand::SystemRandom,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The HTTP listener's certificate when `[tls]` is set (None: plaintext).
+    pub tls: Option<Arc<shared::tls::ReloadableCert>>,
+    /// Reloads `tls` on SIGHUP and on file changes; aborted when [`serve`] returns.
+    tls_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
     /// Opens and migrates the database and loads (or generates) the secrets.
-    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
+    pub async fn new(mut config: Config) -> Result<Arc<Self>, StartError> {
+        // Loaded first: a bad certificate fails startup before the database is touched.
+        let tls = config.load_tls()?;
+        // (`main` already resolved it with the bound port; then this keeps it.)
+        config.server_url = config.resolve_server_url(&config.listen);
         let jwt_secret = secret_or_generate(&config.jwt_secret, &config, "jwt.secret")?;
         let ticket_secret = secret_or_generate(&config.ticket_secret, &config, "ticket.secret")?;
         let db = db::Db::connect(&config.database_url, config.db_max_connections).await?;
         let models = routes::onboarding::load_models(&db).await?;
         let (activations, _) = broadcast::channel(1024);
+        let passwords = auth::Passwords::new(&config.argon2)?;
+        // Started here, not in `serve`: the SIGHUP handler must be in place before `main`
+        // prints `ready`, or an early SIGHUP would kill the process (its default action).
+        // Last, so that a failed start leaves no watcher behind.
+        let tls_watch = match &tls {
+            Some(cert) => {
+                let check = Duration::from_secs(config.tls.reload_check_secs);
+                Some(tokio::spawn(cert.clone().watch(check)?))
+            }
+            None => None,
+        };
         Ok(Arc::new(Self {
             jwt: auth::Jwt::new(&jwt_secret, config.jwt_ttl_secs),
-            passwords: auth::Passwords::new(&config.argon2)?,
+            passwords,
             tickets: TicketKey::new(&ticket_secret),
             limiter: limiter::Limiter::new(db.clone()),
             models,
             activations,
             rng: ring::rand::SystemRandom::new(),
             metrics: routes::health::metrics_handle(),
+            tls,
+            tls_watch,
             db,
             config,
         }))
@@ -109,7 +130,14 @@ pub async fn serve(
     let sweeper = tokio::spawn(sweep_expired_pending(app.clone()));
     let pruner = tokio::spawn(prune_rate_limits(app.clone()));
     let http = app.config.http.clone();
-    http::serve(listener, routes::all(app), &http, shutdown).await;
+    // h2 first: both ends prefer it when the client offers it; http/1.1 for the rest.
+    let tls = app.tls.as_ref().map(|c| c.acceptor(&[b"h2", b"http/1.1"]));
+    // Taken before `app` moves into the routes: the watcher stops with the server.
+    let watcher = app.tls_watch.as_ref().map(|w| w.abort_handle());
+    http::serve(listener, routes::all(app), &http, tls, shutdown).await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     sweeper.abort();
     pruner.abort();
 }

@@ -1,5 +1,6 @@
 //! `vc-control [--config FILE]`: reads config, binds, prints `listening http <addr>` and
-//! `ready` on stdout (logs go to stderr), serves until SIGINT/SIGTERM.
+//! `ready` on stdout (logs go to stderr), serves until SIGINT/SIGTERM. The line says `http`
+//! with `[tls]` set too: it names the listener (the harness's contract), not the scheme.
 //! `vc-control admin create --email E`: see [`control::admin_cli`].
 
 use std::io::Write;
@@ -37,13 +38,15 @@ async fn main() -> anyhow::Result<()> {
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    let config: control::Config =
+    let mut config: control::Config =
         shared::config::load(config_file.as_deref()).context("loading configuration")?;
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // A derived server_url names the port actually bound (`listen` may say port 0).
+    config.server_url = config.resolve_server_url(&addr.to_string());
     let app = control::App::new(config).await.context("starting")?;
     {
         let mut out = std::io::stdout().lock();
@@ -51,7 +54,8 @@ async fn main() -> anyhow::Result<()> {
         writeln!(out, "ready")?;
         out.flush()?;
     }
-    tracing::info!(%addr, "vc-control serving");
+    let scheme = if app.tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "vc-control serving");
     control::serve(listener, app, shutdown_signal()).await;
     tracing::info!("vc-control stopped");
     Ok(())
