@@ -24,6 +24,24 @@ pub struct RelayConfig {
     pub signaling: SignalingConfig,
     pub cluster: ClusterConfig,
     pub tls: TlsConfig,
+    pub quic: QuicConfig,
+}
+
+/// `[quic]`: the QUIC signaling link for cameras (issue 10). Runs only when `[tls]` is
+/// configured (QUIC is always TLS 1.3; it serves the `[tls]` certificate and reloads with it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QuicConfig {
+    /// UDP address of the QUIC listener (ALPN `vc-signal/1`). Empty: off.
+    pub listen: String,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:4433".into(),
+        }
+    }
 }
 
 /// `[tls]`: certificate for `wss://` signaling and TURN over TLS. Unset: plaintext only.
@@ -72,6 +90,7 @@ impl Default for RelayConfig {
             signaling: SignalingConfig::default(),
             cluster: ClusterConfig::default(),
             tls: TlsConfig::default(),
+            quic: QuicConfig::default(),
         }
     }
 }
