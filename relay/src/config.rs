@@ -160,4 +160,28 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn quic_listen_default_file_and_env() {
+        figment::Jail::expect_with(|jail| {
+            let d: RelayConfig = shared::config::load_with_env(None, "VCQUIC0_").unwrap();
+            // On by default, but only ever bound when [tls] is configured (see `Relay::start`).
+            assert_eq!(d.quic.listen, "0.0.0.0:4433");
+            jail.create_file("q.toml", "[quic]\nlisten = \"[::]:4434\"\n")?;
+            let f: RelayConfig =
+                shared::config::load_with_env(Some(std::path::Path::new("q.toml")), "VCQUIC1_")
+                    .unwrap();
+            assert_eq!(f.quic.listen, "[::]:4434");
+            jail.set_env("VCQUIC2_QUIC__LISTEN", "");
+            let off: RelayConfig =
+                shared::config::load_with_env(Some(std::path::Path::new("q.toml")), "VCQUIC2_")
+                    .unwrap();
+            assert!(
+                off.quic.listen.is_empty(),
+                "env overrides the file (empty: off)"
+            );
+            Ok(())
+        });
+    }
 }
