@@ -282,3 +282,85 @@ async fn bad_token_is_refused() -> Result<()> {
     ensure!(read_frame(&mut cr).await?.is_none(), "stream not finished");
     expect_app_close(&conn, 4003).await
 }
+
+/// The WebSocket rate limit applies per QUIC connection too: past the burst, `rate_limited`.
+#[tokio::test]
+async fn rate_limit_applies_over_quic() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let env = [
+        ("VC_SIGNALING__RATE_PER_SEC", "1"),
+        ("VC_SIGNALING__RATE_BURST", "3"),
+    ];
+    let (relay, cert) = quic_relay(dir.path(), &env).await?;
+    let key = TicketKey::new(&Secret::new(SECRET));
+    let conn = quic_connect(relay.addr("quic"), &cert.der).await?;
+    let (mut cs, mut cr) = conn.open_bi().await?;
+    let token = camera_token(&key, Uuid::new_v4());
+    // `auth` is not counted (it is read before the connection loop); the burst is 3.
+    write_frame(&mut cs, &ClientMessage::Auth { token }).await?;
+    ensure!(matches!(
+        next(&mut cr).await?,
+        ServerMessage::Welcome { .. }
+    ));
+    let stray = ClientMessage::Candidate {
+        session_id: Uuid::new_v4(),
+        candidate: cand(1),
+    };
+    for _ in 0..4 {
+        write_frame(&mut cs, &stray).await?;
+    }
+    for _ in 0..3 {
+        expect_error(next(&mut cr).await?, ErrorCode::UnknownSession)?;
+    }
+    expect_error(next(&mut cr).await?, ErrorCode::RateLimited)
+}
+
+/// Idle timeout: a client answering the relay's pings (empty frames) with empty frames stays
+/// past `idle_timeout_secs`; a silent one is closed with 4000 (idle).
+#[tokio::test]
+async fn pongs_keep_a_connection_alive_and_silence_hits_the_idle_timeout() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let env = [
+        ("VC_SIGNALING__IDLE_TIMEOUT_SECS", "3"),
+        ("VC_SIGNALING__PING_INTERVAL_SECS", "1"),
+    ];
+    let (relay, cert) = quic_relay(dir.path(), &env).await?;
+    let key = TicketKey::new(&Secret::new(SECRET));
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let conn = quic_connect(relay.addr("quic"), &cert.der).await?;
+        let (mut cs, mut cr) = conn.open_bi().await?;
+        let token = camera_token(&key, Uuid::new_v4());
+        write_frame(&mut cs, &ClientMessage::Auth { token }).await?;
+        ensure!(matches!(
+            next(&mut cr).await?,
+            ServerMessage::Welcome { .. }
+        ));
+        streams.push((conn, cs, cr));
+    }
+    let (silent, _keep_s, _keep_r) = streams.pop().context("two connections")?;
+    let (alive, mut cs, mut cr) = streams.pop().context("two connections")?;
+    let answer = async {
+        let mut pings = 0;
+        loop {
+            let mut len = [0u8; 4];
+            cr.read_exact(&mut len).await?;
+            ensure!(len == [0; 4], "expected only pings, got a frame of {len:?}");
+            pings += 1;
+            cs.write_all(&[0; 4]).await?;
+            if pings == 5 {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+    };
+    // Five pings at 1 s: well past the 3 s idle timeout.
+    tokio::time::timeout(STEP * 2, answer)
+        .await
+        .context("pings stopped")??;
+    ensure!(
+        alive.close_reason().is_none(),
+        "answering connection closed: {:?}",
+        alive.close_reason()
+    );
+    expect_app_close(&silent, 4000).await
+}
