@@ -24,6 +24,24 @@ pub struct RelayConfig {
     pub signaling: SignalingConfig,
     pub cluster: ClusterConfig,
     pub tls: TlsConfig,
+    pub quic: QuicConfig,
+}
+
+/// `[quic]`: the QUIC signaling link for cameras (issue 10). Runs only when `[tls]` is
+/// configured (QUIC is always TLS 1.3; it serves the `[tls]` certificate and reloads with it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QuicConfig {
+    /// UDP address of the QUIC listener (ALPN `vc-signal/1`). Empty: off.
+    pub listen: String,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:4433".into(),
+        }
+    }
 }
 
 /// `[tls]`: certificate for `wss://` signaling and TURN over TLS. Unset: plaintext only.
@@ -72,6 +90,7 @@ impl Default for RelayConfig {
             signaling: SignalingConfig::default(),
             cluster: ClusterConfig::default(),
             tls: TlsConfig::default(),
+            quic: QuicConfig::default(),
         }
     }
 }
@@ -138,6 +157,30 @@ mod tests {
             assert_eq!(c.tls.reload_check_secs, 3);
             // Configured but unreadable: startup fails instead of silently serving plaintext.
             assert!(c.load_tls().is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn quic_listen_default_file_and_env() {
+        figment::Jail::expect_with(|jail| {
+            let d: RelayConfig = shared::config::load_with_env(None, "VCQUIC0_").unwrap();
+            // On by default, but only ever bound when [tls] is configured (see `Relay::start`).
+            assert_eq!(d.quic.listen, "0.0.0.0:4433");
+            jail.create_file("q.toml", "[quic]\nlisten = \"[::]:4434\"\n")?;
+            let f: RelayConfig =
+                shared::config::load_with_env(Some(std::path::Path::new("q.toml")), "VCQUIC1_")
+                    .unwrap();
+            assert_eq!(f.quic.listen, "[::]:4434");
+            jail.set_env("VCQUIC2_QUIC__LISTEN", "");
+            let off: RelayConfig =
+                shared::config::load_with_env(Some(std::path::Path::new("q.toml")), "VCQUIC2_")
+                    .unwrap();
+            assert!(
+                off.quic.listen.is_empty(),
+                "env overrides the file (empty: off)"
+            );
             Ok(())
         });
     }

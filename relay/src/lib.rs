@@ -52,6 +52,8 @@ pub struct Relay {
     pub turn_tls_addr: Option<SocketAddr>,
     /// Bound single-port (WSS + TURN over TLS) address, when `tls.single_port_listen` is set.
     pub single_port_addr: Option<SocketAddr>,
+    /// Bound QUIC signaling address (UDP), when `[tls]` is configured and `quic.listen` is set.
+    pub quic_addr: Option<SocketAddr>,
     /// True when this node routes across NATS (`[cluster] nats_url` set).
     pub clustered: bool,
     drain: Duration,
@@ -59,6 +61,7 @@ pub struct Relay {
     /// Reloads the TLS certificate (SIGHUP, mtime), when TLS is on.
     tls_task: Option<tokio::task::JoinHandle<()>>,
     single_port_task: Option<tokio::task::JoinHandle<()>>,
+    quic_task: Option<tokio::task::JoinHandle<()>>,
     signaling: signaling::SignalingHandle,
     turn: turn::TurnService,
 }
@@ -122,6 +125,20 @@ impl Relay {
                 turn.streams(),
             )));
         }
+        let mut quic_addr = None;
+        let mut quic_task = None;
+        if let Some(cert) = tls.as_ref().filter(|_| !config.quic.listen.is_empty()) {
+            // The same resolver as every TLS listener, so a reload reaches QUIC handshakes too.
+            let endpoint = signaling::quic::endpoint(
+                &config.quic.listen,
+                cert.server_config(&[signaling::quic::ALPN]),
+            )?;
+            quic_addr = Some(endpoint.local_addr()?);
+            quic_task = Some(tokio::spawn(signaling::quic::serve(
+                signaling.signaling.clone(),
+                endpoint,
+            )));
+        }
         // With `[cluster] nats_url` set, the NATS driver runs beside the WebSocket driver.
         let clustered = queue.is_some();
         if let Some(queue) = queue {
@@ -134,11 +151,13 @@ impl Relay {
             turn_tcp_addr: turn.tcp_addr,
             turn_tls_addr,
             single_port_addr,
+            quic_addr,
             clustered,
             drain: Duration::from_secs(config.drain_secs),
             admin_task,
             tls_task,
             single_port_task,
+            quic_task,
             signaling,
             turn,
         })
@@ -149,6 +168,9 @@ impl Relay {
         if let Some(t) = self.single_port_task {
             t.abort();
         }
+        // Not aborted: it closes the endpoint itself when signaling shuts down, and each
+        // connection task closes with "relay shutting down" like a WebSocket one.
+        drop(self.quic_task);
         self.signaling
             .shutdown(self.drain.min(Duration::from_secs(5)))
             .await;

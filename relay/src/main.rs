@@ -57,6 +57,9 @@ async fn main() -> Result<()> {
     if let Some(addr) = relay.single_port_addr {
         println!("listening single-port {addr}");
     }
+    if let Some(addr) = relay.quic_addr {
+        println!("listening quic {addr}");
+    }
     if relay.clustered {
         println!("{cluster_line}");
     }

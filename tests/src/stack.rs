@@ -21,6 +21,7 @@ pub async fn start_relay(
         ("VC_TURN__LISTEN", "127.0.0.1:0"),
         // Only used with [tls]; never the fixed default 5349 (tests run in parallel).
         ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
+        ("VC_QUIC__LISTEN", "127.0.0.1:0"),
         ("RUST_LOG", "warn"),
     ];
     env.extend_from_slice(extra_env);

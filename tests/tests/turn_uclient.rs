@@ -219,6 +219,8 @@ async fn tls_channel_data_and_send_indications() -> Result<()> {
         ("VC_TLS__CERT_FILE", c.as_str()),
         ("VC_TLS__KEY_FILE", k.as_str()),
         ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
+        // Never the fixed QUIC default 0.0.0.0:4433 (test binaries run in parallel).
+        ("VC_QUIC__LISTEN", "127.0.0.1:0"),
         // uclient -t opens two connections per session (20 here), over the default 16 per IP.
         // Over TLS a refused one is a failed handshake, and uclient gives up after a few
         // (it also retries its random TLS 1.0/1.1 contexts, which the 1.2 minimum refuses).

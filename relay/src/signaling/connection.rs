@@ -31,13 +31,23 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
 use super::router::{CloseReason, ConnState, Delivery};
 use super::server::{Admission, ConnHandle, Kill, Outbound, Signaling};
 
-type Ws = WebSocketStream<crate::tls::Stream>;
+/// What a connection runs over: a message stream and sink in tungstenite's terms, so the
+/// WebSocket (`WebSocketStream`) and QUIC (`super::quic::Frames`) transports share this task,
+/// its limits and timers, and the router; neither routing nor limits know the transport.
+pub(crate) trait Transport:
+    Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin + Send
+{
+}
+
+impl<T> Transport for T where
+    T: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin + Send
+{
+}
 
 /// Token bucket: `rate` tokens per second, at most `burst`. Time is passed in.
 #[derive(Debug, Clone)]
@@ -120,24 +130,25 @@ fn refuse_expired(msg: &ClientMessage, exp: u64, now_ms: u64) -> Option<ServerMe
 }
 
 /// Sends one message and a close frame directly (not through the queue), bounded in time.
-async fn close_with(ws: &mut Ws, first: Option<ServerMessage>, reason: CloseReason) {
+async fn close_with<T: Transport>(ws: &mut T, first: Option<ServerMessage>, reason: CloseReason) {
     let work = async {
         if let Some(msg) = first {
             if let Ok(text) = serde_json::to_string(&msg) {
                 ws.feed(Message::text(text)).await?;
             }
         }
-        ws.close(Some(CloseFrame {
+        // `WebSocketStream::close` is exactly this send; as a message it works on any transport.
+        ws.send(Message::Close(Some(CloseFrame {
             code: CloseCode::from(reason.code()),
             reason: reason.as_str().into(),
-        }))
+        })))
         .await
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), work).await;
 }
 
 /// Waits for the first-message `auth {token}`.
-async fn first_message_auth(sig: &Signaling, ws: &mut Ws) -> Option<SignalingClaims> {
+async fn first_message_auth<T: Transport>(sig: &Signaling, ws: &mut T) -> Option<SignalingClaims> {
     let wait = Duration::from_secs(sig.config.auth_timeout_secs.max(1));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -182,9 +193,9 @@ fn message_type(text: &str) -> Option<String> {
 }
 
 /// Runs an upgraded connection to completion.
-pub(crate) async fn run(
+pub(crate) async fn run<T: Transport>(
     sig: Arc<Signaling>,
-    mut ws: Ws,
+    mut ws: T,
     claims: Option<SignalingClaims>,
     host: String,
     _admission: Admission,
@@ -269,8 +280,8 @@ enum Io {
 /// Polls the connection's writes and reads together, so a write the peer does not take never
 /// stops reads, kills, pings or timers from being handled (the write deadline runs meanwhile).
 /// Only moves data: limits and deadlines are the caller's.
-fn poll_io(
-    ws: &mut Ws,
+fn poll_io<T: Transport>(
+    ws: &mut T,
     rx: &mut mpsc::Receiver<Outbound>,
     w: &mut Writer,
     cx: &mut Context<'_>,
@@ -330,9 +341,9 @@ fn poll_io(
 }
 
 /// The connection's main loop. Returns why the relay closes it (None: the peer went away).
-async fn drive(
+async fn drive<T: Transport>(
     sig: &Signaling,
-    ws: &mut Ws,
+    ws: &mut T,
     state: &mut ConnState,
     rx: &mut mpsc::Receiver<Outbound>,
     kill: &Kill,

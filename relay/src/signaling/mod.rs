@@ -3,11 +3,14 @@
 //! * [`router`]: the sans-IO core (sessions, routing, access control, limits).
 //! * [`server`] and [`connection`]: the thin tokio-tungstenite driver (upgrade + auth, one task
 //!   per connection with a bounded outbound queue, liveness, size and rate limits).
+//! * [`quic`]: the second transport of the same connection task: length-prefixed JSON frames
+//!   on one QUIC bidirectional stream (issue 10).
 //! * [`presence`]: batched, signed presence reports to vc-control.
 
 pub mod connection;
 pub mod metrics;
 pub mod presence;
+pub mod quic;
 pub mod revocations;
 pub mod router;
 pub mod server;

@@ -328,6 +328,20 @@ impl Signaling {
         slot
     }
 
+    /// Both slots (per-IP and global) for a connection of another transport (QUIC), which has
+    /// no upgrade callback to refuse in; None (counted) when either limit is reached.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Option<Admission> {
+        let ip_slot = self.admit_ip(ip)?;
+        let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+            self.metrics.rejected_max_connections.increment(1);
+            return None;
+        };
+        Some(Admission {
+            _global: permit,
+            _ip: ip_slot,
+        })
+    }
+
     /// The router (read-only views: counts, routes).
     pub fn router(&self) -> &Router {
         &self.router
