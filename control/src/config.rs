@@ -121,18 +121,10 @@ impl Config {
     /// The certificate of the HTTP listener, loaded (and reloadable), when `[tls]` is set.
     /// A configured certificate that cannot be loaded is an error: no silent plaintext.
     pub fn load_tls(&self) -> Result<Option<Arc<ReloadableCert>>, StartError> {
-        if !self.tls.enabled() {
-            return Ok(None);
-        }
-        if self.tls.key_file.as_os_str().is_empty() {
-            return Err(StartError::Config(
-                "tls.cert_file is set but tls.key_file is not".into(),
-            ));
-        }
-        Ok(Some(ReloadableCert::load(
+        Ok(ReloadableCert::load_configured(
             &self.tls.cert_file,
             &self.tls.key_file,
-        )?))
+        )?)
     }
 
     /// `server_url` as QR codes carry it, for a listener on `addr` (the bound address when

@@ -98,18 +98,10 @@ impl Default for RelayConfig {
 impl RelayConfig {
     /// The TLS certificate, loaded (and reloadable), when `[tls]` is configured.
     pub fn load_tls(&self) -> Result<Option<std::sync::Arc<ReloadableCert>>, Error> {
-        if !self.tls.enabled() {
-            return Ok(None);
-        }
-        if self.tls.key_file.as_os_str().is_empty() {
-            return Err(Error::Config(
-                "tls.cert_file is set but tls.key_file is not".into(),
-            ));
-        }
-        Ok(Some(ReloadableCert::load(
+        Ok(ReloadableCert::load_configured(
             &self.tls.cert_file,
             &self.tls.key_file,
-        )?))
+        )?)
     }
 
     /// The ticket secret: configured, or read from the control plane's data dir.

@@ -41,6 +41,20 @@ impl std::fmt::Debug for ReloadableCert {
 }
 
 impl ReloadableCert {
+    /// The `[tls]` certificate of a daemon: `None` when `cert_file` is empty (TLS off), an
+    /// error when only the key is missing or a file cannot be loaded (no silent plaintext).
+    pub fn load_configured(cert_file: &Path, key_file: &Path) -> Result<Option<Arc<Self>>, Error> {
+        if cert_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        if key_file.as_os_str().is_empty() {
+            return Err(Error::Config(
+                "tls.cert_file is set but tls.key_file is not".into(),
+            ));
+        }
+        Self::load(cert_file, key_file).map(Some)
+    }
+
     /// Loads both files; unlike a reload, a bad file here is an error (nothing to fall back to).
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Self>, Error> {
         let provider = Arc::new(ring::default_provider());
