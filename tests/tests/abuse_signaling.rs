@@ -462,3 +462,112 @@ async fn idle_timeout_fires_while_a_write_is_pending() -> Result<()> {
     relay.terminate().await?;
     Ok(())
 }
+
+/// Every message `ws` receives until it has been quiet for `quiet`.
+async fn drain(ws: &mut Ws, quiet: Duration) -> Result<Vec<ServerMessage>> {
+    let mut got = Vec::new();
+    while let Ok(m) = tokio::time::timeout(quiet, recv(ws)).await {
+        got.push(m?);
+    }
+    Ok(got)
+}
+
+/// Issue 11 #12: the rate limit comes before parsing or replying, and binary frames count too.
+/// A flood of 400 frames (binary and malformed text, each of which would get a `bad_message`
+/// reply) gets the burst's replies plus one `rate_limited` notice, not one reply per frame; the
+/// drops are counted; the flooder is not closed and a well-behaved client is served meanwhile.
+/// (Before: binary frames bypassed the limiter and every dropped message was parsed and
+/// answered, so the flood got 400 replies.)
+#[tokio::test]
+async fn floods_are_limited_before_parsing_or_replying() -> Result<()> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let relay = start_relay(&[
+        ("VC_SIGNALING__RATE_PER_SEC", "1"),
+        ("VC_SIGNALING__RATE_BURST", "5"),
+    ])
+    .await?;
+    let ws_base = format!("ws://{}/ws", relay.addr("signaling"));
+    let (mut flooder, _) = camera(&ws_base).await?;
+    let (mut polite, _) = camera(&ws_base).await?;
+    for i in 0..400 {
+        let frame = if i % 2 == 0 {
+            Message::binary(vec![0u8; 512])
+        } else {
+            Message::text(format!("{{\"type\":\"nope{i}\", not json"))
+        };
+        flooder.feed(frame).await?;
+    }
+    flooder.flush().await?;
+
+    // The well-behaved camera is answered at once while the flood is being read.
+    let t0 = Instant::now();
+    send(
+        &mut polite,
+        &ClientMessage::Candidate {
+            session_id: Uuid::new_v4(),
+            candidate: cand(1),
+        },
+    )
+    .await?;
+    expect_error(recv(&mut polite).await?, ErrorCode::UnknownSession)?;
+    let polite_latency = t0.elapsed();
+
+    let replies = drain(&mut flooder, Duration::from_millis(700)).await?;
+    let bad = replies
+        .iter()
+        .filter(|m| {
+            matches!(
+                m,
+                ServerMessage::Error {
+                    code: ErrorCode::BadMessage,
+                    ..
+                }
+            )
+        })
+        .count();
+    let limited = replies
+        .iter()
+        .filter(|m| {
+            matches!(
+                m,
+                ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            )
+        })
+        .count();
+    ensure!(
+        bad + limited == replies.len(),
+        "only refusals expected: {replies:?}"
+    );
+    // Burst 5, plus at most a token or two refilled while the flood was read.
+    ensure!((5..=8).contains(&bad), "bad_message replies: {bad}");
+    ensure!(
+        (1..=3).contains(&limited),
+        "one notice per run of drops, got {limited}"
+    );
+    let m = metrics(&relay).await?;
+    let dropped = sample(&m, "vc_relay_signaling_messages_rate_limited_total");
+    ensure!(
+        dropped as usize + bad == 400,
+        "dropped {dropped} + answered {bad} != 400"
+    );
+    // Not closed: once the rate falls, it is served again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(
+        &mut flooder,
+        &ClientMessage::Candidate {
+            session_id: Uuid::new_v4(),
+            candidate: cand(2),
+        },
+    )
+    .await?;
+    expect_error(recv(&mut flooder).await?, ErrorCode::UnknownSession)?;
+    ensure!(
+        polite_latency < STEP,
+        "polite client waited {polite_latency:?}"
+    );
+    Ok(())
+}

@@ -368,7 +368,8 @@ async fn signaling_end_to_end() -> Result<()> {
             }
     );
 
-    // Rate limit (50/s, burst 200): 300 at once -> rate_limited for the excess; not closed.
+    // Rate limit (50/s, burst 200): 300 at once -> the burst is answered, the excess dropped
+    // with one `rate_limited` notice per run of drops (not one reply each); not closed.
     let flood = ClientMessage::Bye {
         session_id: Uuid::new_v4(),
         reason: None,
@@ -379,8 +380,8 @@ async fn signaling_end_to_end() -> Result<()> {
     }
     m.flush().await?;
     let (mut unknown, mut limited) = (0, 0);
-    for _ in 0..300 {
-        match recv(&mut m).await? {
+    while let Ok(reply) = tokio::time::timeout(Duration::from_millis(700), recv(&mut m)).await {
+        match reply? {
             ServerMessage::Error {
                 code: ErrorCode::UnknownSession,
                 ..
@@ -393,7 +394,7 @@ async fn signaling_end_to_end() -> Result<()> {
         }
     }
     ensure!(
-        unknown >= 150 && limited >= 50 && unknown + limited == 300,
+        (200..=250).contains(&unknown) && (1..=10).contains(&limited),
         "unknown {unknown}, limited {limited}"
     );
 

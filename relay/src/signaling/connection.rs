@@ -18,7 +18,7 @@
 //! session is opened on an expired token even in the instant before the timer fires.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -27,14 +27,13 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use shared::signaling::{ClientMessage, ErrorCode, ServerMessage};
 use shared::ticket::{Role, SignalingClaims};
 
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use uuid::Uuid;
 
 use super::router::{CloseReason, ConnState, Delivery};
-use super::server::{Admission, ConnHandle, Kill, Outbound, Signaling};
+use super::server::{Admission, ConnHandle, Outbox, Signaling};
 
 /// What a connection runs over: a message stream and sink in tungstenite's terms, so the
 /// WebSocket (`WebSocketStream`) and QUIC (`super::quic::Frames`) transports share this task,
@@ -211,15 +210,11 @@ pub(crate) async fn run<T: Transport>(
     // Kept for the ICE credentials: the TURN quota counts by the owning account.
     let account = claims.account.clone();
     let mut state = ConnState::new(id, claims);
-    let (tx, mut rx) = mpsc::channel(sig.config.outbound_queue.max(1));
-    let kill = Arc::new(Kill::default());
-    let queued = Arc::new(AtomicUsize::new(0));
+    let outbox = Arc::new(Outbox::default());
     sig.conns.insert(
         id,
         ConnHandle {
-            tx,
-            kill: kill.clone(),
-            queued: queued.clone(),
+            outbox: outbox.clone(),
             viewer_of: (state.role() == Role::Viewer).then(|| Arc::from(state.subject())),
         },
     );
@@ -239,12 +234,13 @@ pub(crate) async fn run<T: Transport>(
     sig.deliver(&mut out);
     sig.update_gauges();
 
-    let reason = drive(&sig, &mut ws, &mut state, &mut rx, &kill, &queued, &mut out).await;
+    let reason = drive(&sig, &mut ws, &mut state, &outbox, &mut out).await;
     if let Some((reason, msg)) = reason {
         close_with(&mut ws, msg, reason).await;
     }
 
     sig.conns.remove(&id);
+    outbox.close();
     sig.router.disconnected(unix_ms(), &state, &mut out);
     sig.deliver(&mut out);
     sig.update_gauges();
@@ -282,7 +278,7 @@ enum Io {
 /// Only moves data: limits and deadlines are the caller's.
 fn poll_io<T: Transport>(
     ws: &mut T,
-    rx: &mut mpsc::Receiver<Outbound>,
+    outbox: &Outbox,
     w: &mut Writer,
     cx: &mut Context<'_>,
 ) -> Poll<Io> {
@@ -303,8 +299,8 @@ fn poll_io<T: Transport>(
             w.ping = false;
             Message::Ping(Default::default())
         } else if fed < WRITE_BATCH {
-            match rx.poll_recv(cx) {
-                Poll::Ready(Some(Outbound::Text(text))) => {
+            match outbox.poll_pop(cx) {
+                Poll::Ready(Some(text)) => {
                     fed += 1;
                     w.unflushed += text.len();
                     Message::Text(text)
@@ -345,9 +341,7 @@ async fn drive<T: Transport>(
     sig: &Signaling,
     ws: &mut T,
     state: &mut ConnState,
-    rx: &mut mpsc::Receiver<Outbound>,
-    kill: &Kill,
-    queued: &AtomicUsize,
+    outbox: &Outbox,
     out: &mut Vec<Delivery>,
 ) -> Option<(CloseReason, Option<ServerMessage>)> {
     let cfg = &sig.config;
@@ -356,6 +350,8 @@ async fn drive<T: Transport>(
         return Some((CloseReason::Shutdown, None));
     }
     let mut bucket = TokenBucket::new(cfg.rate_per_sec, cfg.rate_burst, Instant::now());
+    // In a run of rate-limited messages (the one notice was sent).
+    let mut limited = false;
     let ping_every = Duration::from_secs(cfg.ping_interval_secs.max(1));
     let idle_after = Duration::from_secs(cfg.idle_timeout_secs.max(1));
     let write_timeout = Duration::from_millis(cfg.write_timeout_ms.max(1));
@@ -379,7 +375,9 @@ async fn drive<T: Transport>(
 
     loop {
         if writer.flushed > 0 {
-            queued.fetch_sub(std::mem::take(&mut writer.flushed), Ordering::Relaxed);
+            outbox
+                .queued_bytes
+                .fetch_sub(std::mem::take(&mut writer.flushed), Ordering::Relaxed);
         }
         if writer.blocked != write_armed {
             write_armed = writer.blocked;
@@ -391,7 +389,7 @@ async fn drive<T: Transport>(
         }
         tokio::select! {
             biased;
-            reason = kill.fired() => return Some((reason, None)),
+            reason = outbox.kill.fired() => return Some((reason, None)),
             _ = shutdown.changed() => return Some((CloseReason::Shutdown, None)),
             _ = write_deadline.as_mut(), if write_armed => {
                 sig.metrics.write_timeouts.increment(1);
@@ -401,7 +399,7 @@ async fn drive<T: Transport>(
                 );
                 return Some((CloseReason::SlowConsumer, None));
             }
-            io = std::future::poll_fn(|cx| poll_io(ws, rx, &mut writer, cx)) => {
+            io = std::future::poll_fn(|cx| poll_io(ws, outbox, &mut writer, cx)) => {
                 let msg = match io {
                     Io::Wrote => continue,
                     Io::Gone => return None,
@@ -422,24 +420,37 @@ async fn drive<T: Transport>(
                 };
                 last_rx = Instant::now();
                 let text = match msg {
-                    Message::Text(t) => t,
-                    Message::Binary(_) => {
-                        let e = error_msg(ErrorCode::BadMessage, "binary frames are not supported", None);
-                        sig.send(state.id(), &e);
-                        continue;
-                    }
+                    Message::Text(t) => Some(t),
+                    // Binary frames count against the rate like text: they are refused, not free.
+                    Message::Binary(_) => None,
                     Message::Close(_) => return None,
                     _ => continue,
                 };
+                // The limit comes before any parsing or reply: a dropped message costs its
+                // read, nothing more, and a flood gets one notice per run of drops, not one
+                // reply per message (the reply would be the amplifier).
                 if !bucket.take(last_rx) {
-                    let e = error_msg(
-                        ErrorCode::RateLimited,
-                        format!("more than {}/s (burst {}); message dropped", cfg.rate_per_sec, cfg.rate_burst),
-                        message_type(&text),
-                    );
-                    sig.send(state.id(), &e);
+                    sig.metrics.messages_rate_limited.increment(1);
+                    if !limited {
+                        limited = true;
+                        let e = error_msg(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "more than {}/s (burst {}); messages are dropped until the rate falls",
+                                cfg.rate_per_sec, cfg.rate_burst
+                            ),
+                            None,
+                        );
+                        sig.send(state.id(), &e);
+                    }
                     continue;
                 }
+                limited = false;
+                let Some(text) = text else {
+                    let e = error_msg(ErrorCode::BadMessage, "binary frames are not supported", None);
+                    sig.send(state.id(), &e);
+                    continue;
+                };
                 let now_ms = unix_ms();
                 match serde_json::from_str::<ClientMessage>(&text) {
                     Ok(m) => {

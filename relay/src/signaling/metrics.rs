@@ -17,6 +17,8 @@ pub struct SignalingMetrics {
     errors: [Counter; 10],
     pub slow_consumers_dropped: Counter,
     pub write_timeouts: Counter,
+    /// Messages dropped by the per-connection rate limit (before being parsed).
+    pub messages_rate_limited: Counter,
     pub unauthorized_upgrades: Counter,
     /// Connections refused or cut before becoming WebSockets, by reason.
     pub rejected_per_ip: Counter,
@@ -60,6 +62,7 @@ impl SignalingMetrics {
                 .map(|c| counter!("vc_relay_signaling_errors_total", "code" => c.as_str())),
             slow_consumers_dropped: counter!("vc_relay_signaling_slow_consumers_dropped_total"),
             write_timeouts: counter!("vc_relay_signaling_write_timeouts_total"),
+            messages_rate_limited: counter!("vc_relay_signaling_messages_rate_limited_total"),
             unauthorized_upgrades: counter!("vc_relay_signaling_unauthorized_upgrades_total"),
             rejected_per_ip: rejected("per_ip"),
             rejected_max_connections: rejected("max_connections"),

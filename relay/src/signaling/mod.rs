@@ -14,6 +14,7 @@ pub mod quic;
 pub mod revocations;
 pub mod router;
 pub mod server;
+pub(crate) mod websocket;
 
 use serde::{Deserialize, Serialize};
 

@@ -3,11 +3,14 @@
 //! [`crate::signaling::connection`]. Also owns the table of live connections (id -> outbound
 //! queue) through which the router's deliveries reach their targets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
 
 use dashmap::DashMap;
 use shared::api::PresenceEvent;
@@ -24,10 +27,78 @@ use super::metrics::SignalingMetrics;
 use super::router::{CloseReason, ConnId, Delivery, Router, RouterLimits};
 use super::SignalingConfig;
 
-/// What a connection task is asked to write.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    Text(Utf8Bytes),
+/// A connection's outbound queue, written by any task and drained by the connection's own.
+///
+/// Not a channel: a tokio channel allocates its first block of slots when it is made, about a
+/// kilobyte per idle camera; this allocates nothing until a message is queued and gives its
+/// buffer back once drained. Bounded by messages (`outbound_queue`) and by bytes queued and not
+/// yet flushed (`max_queued_bytes`, counted in [`Signaling::send`]).
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    queue: Mutex<OutboxQueue>,
+    waker: AtomicWaker,
+    /// Bytes queued and not yet flushed to the socket.
+    pub(crate) queued_bytes: AtomicUsize,
+    pub(crate) kill: Kill,
+}
+
+#[derive(Debug, Default)]
+struct OutboxQueue {
+    msgs: VecDeque<Utf8Bytes>,
+    closed: bool,
+}
+
+/// Why [`Outbox::push`] did not queue a message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PushError {
+    Full,
+    Closed,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `text` unless `max` messages are already waiting or the connection is over.
+    pub(crate) fn push(&self, text: Utf8Bytes, max: usize) -> Result<(), PushError> {
+        {
+            let mut q = self.lock();
+            if q.closed {
+                return Err(PushError::Closed);
+            }
+            if q.msgs.len() >= max {
+                return Err(PushError::Full);
+            }
+            q.msgs.push_back(text);
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// The next message to write; None once closed. The waker is registered under the lock,
+    /// so a push after an empty look always wakes this task.
+    pub(crate) fn poll_pop(&self, cx: &mut std::task::Context<'_>) -> Poll<Option<Utf8Bytes>> {
+        let mut q = self.lock();
+        if let Some(m) = q.msgs.pop_front() {
+            if q.msgs.is_empty() && q.msgs.capacity() > 0 {
+                q.msgs = VecDeque::new();
+            }
+            return Poll::Ready(Some(m));
+        }
+        if q.closed {
+            return Poll::Ready(None);
+        }
+        self.waker.register(cx.waker());
+        Poll::Pending
+    }
+
+    /// Refuses further messages and drops queued ones (the connection is over).
+    pub(crate) fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        q.msgs = VecDeque::new();
+    }
 }
 
 /// Lets any task make a connection close itself with a reason.
@@ -141,10 +212,8 @@ pub(crate) struct Admission {
 
 /// A live connection as seen from other tasks.
 pub(crate) struct ConnHandle {
-    pub(crate) tx: mpsc::Sender<Outbound>,
-    pub(crate) kill: Arc<Kill>,
-    /// Bytes queued for the connection and not yet flushed to its socket.
-    pub(crate) queued: Arc<AtomicUsize>,
+    /// Its queue, byte count and kill switch: one allocation per connection.
+    pub(crate) outbox: Arc<Outbox>,
     /// A viewer's subject (user id), so a revocation can find its connections.
     pub(crate) viewer_of: Option<Arc<str>>,
 }
@@ -305,7 +374,7 @@ impl Signaling {
             (Some(user), _) => {
                 for conn in self.conns.iter() {
                     if conn.viewer_of.as_deref() == Some(user.as_str()) {
-                        conn.kill.fire(CloseReason::Revoked);
+                        conn.outbox.kill.fire(CloseReason::Revoked);
                     }
                 }
             }
@@ -358,7 +427,7 @@ impl Signaling {
                 Delivery::Send { to, msg } => self.send(to, &msg),
                 Delivery::Close { conn, reason } => {
                     if let Some(h) = self.conns.get(&conn) {
-                        h.kill.fire(reason);
+                        h.outbox.kill.fire(reason);
                     }
                 }
                 Delivery::Forward { .. } => {
@@ -419,19 +488,20 @@ impl Signaling {
         if let Some(h) = self.conns.get(&to) {
             // Bytes, not only messages: 256 queued 64 KiB offers are 16 MiB, 256 candidates 50 KiB.
             let len = text.len();
-            if h.queued.fetch_add(len, Ordering::Relaxed) + len > self.max_queued_bytes {
-                h.queued.fetch_sub(len, Ordering::Relaxed);
-                self.slow_consumer(&h.kill);
+            let outbox = &h.outbox;
+            if outbox.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > self.max_queued_bytes {
+                outbox.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                self.slow_consumer(&outbox.kill);
                 return;
             }
-            match h.tx.try_send(Outbound::Text(text.into())) {
+            match outbox.push(text.into(), self.config.outbound_queue.max(1)) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    h.queued.fetch_sub(len, Ordering::Relaxed);
-                    self.slow_consumer(&h.kill);
+                Err(PushError::Full) => {
+                    outbox.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                    self.slow_consumer(&outbox.kill);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    h.queued.fetch_sub(len, Ordering::Relaxed);
+                Err(PushError::Closed) => {
+                    outbox.queued_bytes.fetch_sub(len, Ordering::Relaxed);
                 }
             }
         }
@@ -650,6 +720,8 @@ pub(crate) async fn upgrade_stream(
         _ip: ip_slot,
     };
     let host = up.host.or(local_ip).unwrap_or_else(|| "127.0.0.1".into());
+    // The handshake's buffers go with its stream; the connection keeps only the lean framing.
+    let ws = super::websocket::LeanWebSocket::new(ws.into_inner(), sig.config.max_message_bytes);
     // A task of its own: the handshake's state is freed now, not kept for the connection's life.
     tokio::spawn(super::connection::run(sig, ws, up.claims, host, admission));
 }
