@@ -49,6 +49,9 @@ struct Args {
     /// `--cluster nats://...`: pairs run twice on two clustered relays, both ends on one node
     /// and then camera on node A with viewer on node B (routed over NATS).
     cluster: Option<String>,
+    /// `--baseline DIR`: the Node.js `ws` reference router (`../shared/signaling-baseline`),
+    /// copied to a temporary directory and run beside vc-relay in the same command.
+    baseline: Option<PathBuf>,
 }
 
 fn parse_list<T: std::str::FromStr>(s: &str) -> Result<Vec<T>> {
@@ -68,6 +71,7 @@ fn args() -> Result<Args> {
         secs: 5,
         window: 4,
         cluster: None,
+        baseline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -80,6 +84,7 @@ fn args() -> Result<Args> {
             "--secs" => a.secs = v.parse()?,
             "--window" => a.window = v.parse()?,
             "--cluster" => a.cluster = Some(v),
+            "--baseline" => a.baseline = Some(PathBuf::from(v)),
             _ => bail!("unknown argument {k}"),
         }
     }
@@ -100,11 +105,21 @@ fn raise_fd_limit() {
     }
 }
 
-/// The relay under test.
+/// Which router a [`Relay`] is: vc-relay, or the Node.js reference (its own small protocol).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    VcRelay,
+    NodeBaseline,
+}
+
+/// The server under test.
 struct Relay {
     child: Child,
     pid: u32,
     url: String,
+    proto: Proto,
+    /// The baseline's copy (removed on drop).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Relay {
@@ -148,7 +163,74 @@ impl Relay {
             child,
             pid,
             url: url.context("relay printed no signaling listener")?,
+            proto: Proto::VcRelay,
+            _dir: None,
         })
+    }
+
+    /// Starts the Node.js reference router from a copy of `src` (the kit is read-only).
+    async fn start_baseline(src: &std::path::Path) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", src.display()))
+            .arg(dir.path())
+            .status()?
+            .success();
+        ensure_ok(ok, "copy the baseline kit")?;
+        let ok = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(dir.path())
+            .status()?
+            .success();
+        ensure_ok(ok, "npm ci in the baseline kit")?;
+        let mut child = Command::new("node")
+            .arg("server.js")
+            .current_dir(dir.path())
+            .env("PORT", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn node server.js")?;
+        let pid = child.id().context("pid")?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let mut url = None;
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("listening ") {
+                url = rest.split_whitespace().next().map(str::to_owned);
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            pid,
+            url: url.context("baseline printed no listening line")?,
+            proto: Proto::NodeBaseline,
+            _dir: Some(dir),
+        })
+    }
+
+    /// Connects a camera for `dev` and waits for the server's welcome.
+    async fn connect_camera(&self, key: &TicketKey, dev: Uuid) -> Result<Ws> {
+        match self.proto {
+            Proto::VcRelay => {
+                let tok = token(key, Role::Camera, &dev.to_string(), vec![dev]);
+                connect(&self.url, &tok).await
+            }
+            Proto::NodeBaseline => {
+                let url = format!("{}?role=camera&id={dev}", self.url);
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+                loop {
+                    match ws.next().await.context("closed")?? {
+                        Message::Text(t) if t.contains("welcome") => return Ok(ws),
+                        Message::Text(t) => bail!("expected welcome, got {t}"),
+                        _ => continue,
+                    }
+                }
+            }
+        }
     }
 
     /// Resident set size, KiB.
@@ -197,11 +279,29 @@ async fn next_msg(ws: &mut Ws) -> Result<ServerMessage> {
     }
 }
 
+fn ensure_ok(ok: bool, what: &str) -> Result<()> {
+    if !ok {
+        bail!("{what} failed");
+    }
+    Ok(())
+}
+
+/// The idle phase against vc-relay, then (with `--baseline`) against the Node.js router.
 async fn idle(args: &Args, key: &TicketKey) -> Result<()> {
     let relay = Relay::start(&args.relay, None).await?;
+    idle_on(relay, "vc-relay", args, key).await?;
+    if let Some(dir) = &args.baseline {
+        let node = Relay::start_baseline(dir).await?;
+        idle_on(node, "Node.js ws baseline", args, key).await?;
+    }
+    Ok(())
+}
+
+async fn idle_on(relay: Relay, name: &str, args: &Args, key: &TicketKey) -> Result<()> {
+    let relay = Arc::new(relay);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base = relay.rss_kib();
-    println!("\n## idle camera connections (relay RSS at start: {base} KiB)\n");
+    println!("\n## {name}: idle camera connections (RSS at start: {base} KiB)\n");
     println!("| connections | relay RSS MiB | above empty, KiB/conn | relay CPU while idle (5 s) | open time s |");
     println!("| ---: | ---: | ---: | ---: | ---: |");
     let mut held: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -213,12 +313,12 @@ async fn idle(args: &Args, key: &TicketKey) -> Result<()> {
         for _ in held.len()..n {
             let permit = sem.clone().acquire_owned().await?;
             let dev = Uuid::new_v4();
-            let tok = token(key, Role::Camera, &dev.to_string(), vec![dev]);
-            let url = relay.url.clone();
+            let relay = relay.clone();
+            let key = key.clone();
             let stop = stop.clone();
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             held.push(tokio::spawn(async move {
-                let ws = connect(&url, &tok).await;
+                let ws = relay.connect_camera(&key, dev).await;
                 drop(permit);
                 let mut ws = match ws {
                     Ok(ws) => {
@@ -259,7 +359,7 @@ async fn idle(args: &Args, key: &TicketKey) -> Result<()> {
     for h in held {
         let _ = h.await;
     }
-    drop(relay.child);
+    drop(relay);
     Ok(())
 }
 

@@ -201,7 +201,9 @@ pub(crate) async fn run<T: Transport>(
 ) {
     let claims = match claims {
         Some(c) => c,
-        None => match first_message_auth(&sig, &mut ws).await {
+        // Boxed, like the close below: these run once, and inline they would size the
+        // future that every idle connection keeps for its whole life.
+        None => match Box::pin(first_message_auth(&sig, &mut ws)).await {
             Some(c) => c,
             None => return,
         },
@@ -227,16 +229,18 @@ pub(crate) async fn run<T: Transport>(
         },
         ice_servers: sig.ice_servers(state.subject(), account.as_deref(), &host),
     };
+    drop((account, host));
     let mut out = Vec::new();
     // Welcome first, then whatever joining causes (presence, byes to a replaced camera's viewers).
     sig.send(id, &welcome);
+    drop(welcome);
     sig.router.connected(unix_ms(), &state, &mut out);
     sig.deliver(&mut out);
     sig.update_gauges();
 
     let reason = drive(&sig, &mut ws, &mut state, &outbox, &mut out).await;
     if let Some((reason, msg)) = reason {
-        close_with(&mut ws, msg, reason).await;
+        Box::pin(close_with(&mut ws, msg, reason)).await;
     }
 
     sig.conns.remove(&id);
