@@ -44,6 +44,7 @@ pub async fn start_server(db: &str, pg: &str, extra_env: &[(&str, &str)]) -> Res
     };
     let mut child = Command::new(bin)
         .env("VC_LISTEN", "127.0.0.1:0")
+        .env("VC_ADMIN_LISTEN", "127.0.0.1:0")
         .env("VC_DATABASE_URL", &url)
         .env("VC_DATA_DIR", data.path())
         .env("VC_ARGON2__MEMORY_KIB", "1024")

@@ -18,6 +18,10 @@ use crate::StartError;
 pub struct Config {
     /// Address of the HTTP listener (port 0 picks a free port).
     pub listen: String,
+    /// Admin listener: `/metrics` (Prometheus) and `/healthz`, plain HTTP, like vc-relay's
+    /// `admin_listen`. Keep it on loopback or a private network; the public listener does
+    /// not serve `/metrics`.
+    pub admin_listen: String,
     /// `sqlite://path?mode=rwc` (default) or `postgres://...`.
     pub database_url: String,
     /// Where generated secrets (and the default SQLite file) live.
@@ -179,6 +183,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8000".into(),
+            admin_listen: "127.0.0.1:9101".into(),
             database_url: "sqlite://data/visionconnect.db?mode=rwc".into(),
             data_dir: PathBuf::from("data"),
             server_url: DEFAULT_SERVER_URL.into(),
@@ -251,6 +256,7 @@ mod tests {
     fn defaults_load_and_secrets_do_not_print() {
         let c: Config = shared::config::load_with_env(None, "VC_CONTROL_UNIT_TEST_").unwrap();
         assert_eq!(c.listen, "127.0.0.1:8000");
+        assert_eq!(c.admin_listen, "127.0.0.1:9101");
         assert_eq!(c.device_token_ttl_secs, 600);
         assert_eq!(c.max_body_bytes, 65536);
         let mut c = c;

@@ -40,7 +40,7 @@ impl Db {
             ));
         };
         if backend == Backend::Sqlite {
-            create_sqlite_dir(url)?;
+            create_sqlite_file(url)?;
         }
         let options = AnyConnectOptions::from_str(url)?;
         let pool = AnyPoolOptions::new()
@@ -81,20 +81,40 @@ impl Db {
     }
 }
 
-/// `sqlite://data/x.db?mode=rwc` -> creates `data/`.
-fn create_sqlite_dir(url: &str) -> Result<(), StartError> {
+/// `sqlite://data/x.db?mode=rwc` -> creates `data/` (0700) and an empty `x.db` (0600: an
+/// empty file is an empty database) unless they exist; an existing file open to group or
+/// others gets a warning. SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn create_sqlite_file(url: &str) -> Result<(), StartError> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path.starts_with(':') {
-        return Ok(()); // in-memory
+    if path.is_empty() || path.starts_with(':') || path.starts_with("file:") {
+        return Ok(()); // in-memory, or a URI SQLite resolves itself
     }
-    if let Some(dir) = Path::new(path).parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StartError::Config(format!("create {}: {e}", dir.display())))?;
+    let path = Path::new(path);
+    let config = |e: shared::Error| StartError::Config(e.to_string());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        shared::config::create_private_dir(dir).map_err(config)?;
+    }
+    if !url.contains("mode=rwc") {
+        // SQLite will not create it either: only check an existing one.
+        shared::config::warn_if_not_private(path);
+        return Ok(());
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            shared::config::warn_if_not_private(path);
+            Ok(())
         }
+        Err(e) => Err(StartError::Config(format!(
+            "create {}: {e}",
+            path.display()
+        ))),
     }
-    Ok(())
 }
 
 /// `true` when the error is a unique-constraint violation.
@@ -105,4 +125,38 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// `true` when the error is a foreign-key violation.
 pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_foreign_key_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sqlite_dir_and_file_are_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let file = dir.join("vc.db");
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let db = Db::connect(&url, 1).await.unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&file), 0o600);
+        // The WAL SQLite opened beside it inherits the database file's mode.
+        sqlx::query("CREATE TABLE t (x BIGINT)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let wal = dir.join("vc.db-wal");
+        assert!(wal.exists());
+        assert_eq!(mode(&wal), 0o600);
+        db.pool.close().await;
+        // An existing, looser file is kept as it is (and warned about), not rewritten.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let db = Db::connect(&url, 1).await.unwrap();
+        assert_eq!(mode(&file), 0o644);
+        assert_eq!(shared::config::warn_if_not_private(&file), Some(0o644));
+        db.pool.close().await;
+    }
 }

@@ -57,8 +57,28 @@ impl App {
         let tls = config.load_tls()?;
         // (`main` already resolved it with the bound port; then this keeps it.)
         config.server_url = config.resolve_server_url(&config.listen);
-        let jwt_secret = secret_or_generate(&config.jwt_secret, &config, "jwt.secret")?;
-        let ticket_secret = secret_or_generate(&config.ticket_secret, &config, "ticket.secret")?;
+        // Owner-only before anything is written into it (warns if an existing one is not).
+        shared::config::create_private_dir(&config.data_dir)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let jwt_secret = secret_or_generate(
+            &config.jwt_secret,
+            "jwt_secret (VC_JWT_SECRET)",
+            &config,
+            "jwt.secret",
+        )?;
+        let ticket_secret = secret_or_generate(
+            &config.ticket_secret,
+            "ticket_secret (VC_TICKET_SECRET)",
+            &config,
+            "ticket.secret",
+        )?;
+        // The ticket secret is shared with every relay; the login key must not be, or a
+        // relay's operator could mint login tokens.
+        if jwt_secret == ticket_secret {
+            return Err(StartError::Config(
+                "jwt_secret and ticket_secret are the same: use two different secrets".into(),
+            ));
+        }
         let db = db::Db::connect(&config.database_url, config.db_max_connections).await?;
         let models = routes::onboarding::load_models(&db).await?;
         let (activations, _) = broadcast::channel(1024);
@@ -90,18 +110,25 @@ impl App {
     }
 }
 
-/// The configured secret, or the one kept in `data_dir/<file>` (created on first start).
+/// The configured secret (`setting` names it in errors), or the one kept in
+/// `data_dir/<file>` (created on first start). Either must have
+/// [`shared::secret::MIN_SECRET_BYTES`].
 fn secret_or_generate(
     configured: &Secret,
+    setting: &str,
     config: &Config,
     file: &str,
 ) -> Result<Secret, StartError> {
+    let weak = |e: shared::Error| StartError::Config(e.to_string());
     if !configured.is_empty() {
+        configured.check_strength(setting).map_err(weak)?;
         return Ok(configured.clone());
     }
     let path = config.data_dir.join(file);
-    let (secret, created) = shared::config::load_or_create_secret(&path)
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let (secret, created) = shared::config::load_or_create_secret(&path).map_err(weak)?;
+    secret
+        .check_strength(&format!("{} ({setting} is empty)", path.display()))
+        .map_err(weak)?;
     if created {
         tracing::warn!(path = %path.display(), "no {file} configured: generated a new one and stored it");
     } else {
@@ -110,20 +137,40 @@ fn secret_or_generate(
     Ok(secret)
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.
+/// The listeners the caller bound before starting (so tests and `main` can bind port 0 and
+/// print the addresses).
+pub struct Listeners {
+    /// The public API (and web app); HTTPS with `[tls]`.
+    pub api: tokio::net::TcpListener,
+    /// `/metrics` and `/healthz` for operators (`admin_listen`), plain HTTP.
+    pub admin: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds `listen` and `admin_listen`.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        Ok(Self {
+            api: tokio::net::TcpListener::bind(&config.listen).await?,
+            admin: tokio::net::TcpListener::bind(&config.admin_listen).await?,
+        })
+    }
+}
+
+/// Serves the API and the admin listener until `shutdown` completes, then finishes
+/// in-flight requests.
 pub async fn run(
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let app = App::new(config).await?;
-    serve(listener, app, shutdown).await;
+    serve(listeners, app, shutdown).await;
     Ok(())
 }
 
 /// Serves an already built [`App`] (lets callers learn the app before serving).
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -134,7 +181,20 @@ pub async fn serve(
     let tls = app.tls.as_ref().map(|c| c.acceptor(&[b"h2", b"http/1.1"]));
     // Taken before `app` moves into the routes: the watcher stops with the server.
     let watcher = app.tls_watch.as_ref().map(|w| w.abort_handle());
-    http::serve(listener, routes::all(app), &http, tls, shutdown).await;
+    // The admin listener stops with the API: same limits, no TLS (loopback, like vc-relay's).
+    let (stop_admin, mut admin_stopped) = tokio::sync::watch::channel(false);
+    let admin = {
+        let (routes, http) = (routes::admin(app.clone()), http.clone());
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = admin_stopped.changed().await;
+            };
+            http::serve(listeners.admin, routes, &http, None, stop).await;
+        })
+    };
+    http::serve(listeners.api, routes::all(app), &http, tls, shutdown).await;
+    let _ = stop_admin.send(true);
+    let _ = admin.await;
     if let Some(w) = watcher {
         w.abort();
     }

@@ -1,5 +1,6 @@
-//! `vc-control [--config FILE]`: reads config, binds, prints `listening http <addr>` and
-//! `ready` on stdout (logs go to stderr), serves until SIGINT/SIGTERM. The line says `http`
+//! `vc-control [--config FILE]`: reads config, binds, prints `listening http <addr>`,
+//! `listening admin <addr>` (`/metrics`) and `ready` on stdout (logs go to stderr), serves
+//! until SIGINT/SIGTERM. The line says `http`
 //! with `[tls]` set too: it names the listener (the harness's contract), not the scheme.
 //! `vc-control admin create --email E`: see [`control::admin_cli`].
 
@@ -41,22 +42,24 @@ async fn main() -> anyhow::Result<()> {
     let mut config: control::Config =
         shared::config::load(config_file.as_deref()).context("loading configuration")?;
 
-    let listener = tokio::net::TcpListener::bind(&config.listen)
+    let listeners = control::Listeners::bind(&config)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
+        .with_context(|| format!("binding {} and {}", config.listen, config.admin_listen))?;
+    let addr = listeners.api.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
     // A derived server_url names the port actually bound (`listen` may say port 0).
     config.server_url = config.resolve_server_url(&addr.to_string());
     let app = control::App::new(config).await.context("starting")?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening http {addr}")?;
+        writeln!(out, "listening admin {admin_addr}")?;
         writeln!(out, "ready")?;
         out.flush()?;
     }
     let scheme = if app.tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, scheme, "vc-control serving");
-    control::serve(listener, app, shutdown_signal()).await;
+    tracing::info!(%addr, %admin_addr, scheme, "vc-control serving");
+    control::serve(listeners, app, shutdown_signal()).await;
     tracing::info!("vc-control stopped");
     Ok(())
 }

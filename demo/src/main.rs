@@ -308,6 +308,7 @@ async fn run(args: &Args, bin_dir: &Path, dir: &Path, daemons: &mut Vec<Daemon>)
         &[],
         &[
             ("VC_LISTEN", format!("127.0.0.1:{port}")),
+            ("VC_ADMIN_LISTEN", "127.0.0.1:0".into()),
             (
                 "VC_DATABASE_URL",
                 format!("sqlite://{}/demo.db?mode=rwc", dir.display()),

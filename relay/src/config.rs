@@ -104,18 +104,26 @@ impl RelayConfig {
         )?)
     }
 
-    /// The ticket secret: configured, or read from the control plane's data dir.
+    /// The ticket secret: configured, or read from the control plane's data dir. Shorter
+    /// than [`shared::secret::MIN_SECRET_BYTES`]: an error naming where it came from.
     pub fn resolve_ticket_secret(&self) -> Result<Secret, Error> {
         if !self.ticket_secret.is_empty() {
+            self.ticket_secret
+                .check_strength("ticket_secret (VC_TICKET_SECRET)")?;
             return Ok(self.ticket_secret.clone());
         }
-        shared::config::read_secret(&self.ticket_secret_file)?.ok_or_else(|| {
+        let secret = shared::config::read_secret(&self.ticket_secret_file)?.ok_or_else(|| {
             Error::Config(format!(
                 "no ticket secret: set VC_TICKET_SECRET (the same as vc-control's) or start \
                  vc-control first so that it creates {}",
                 self.ticket_secret_file.display()
             ))
-        })
+        })?;
+        secret.check_strength(&format!(
+            "the ticket secret in {} (ticket_secret_file)",
+            self.ticket_secret_file.display()
+        ))?;
+        Ok(secret)
     }
 }
 
@@ -175,5 +183,28 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn short_ticket_secrets_refused_configured_or_from_the_file() {
+        let mut c = RelayConfig {
+            ticket_secret: Secret::new("only-twenty-one-bytes"),
+            ..Default::default()
+        };
+        let err = c.resolve_ticket_secret().unwrap_err().to_string();
+        assert!(err.contains("VC_TICKET_SECRET"), "{err}");
+        c.ticket_secret = Secret::new("x".repeat(32));
+        assert!(c.resolve_ticket_secret().is_ok());
+
+        let dir = std::env::temp_dir().join(format!("vc-relay-secret-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        c.ticket_secret = Secret::default();
+        c.ticket_secret_file = dir.join("ticket.secret");
+        std::fs::write(&c.ticket_secret_file, "short\n").unwrap();
+        let err = c.resolve_ticket_secret().unwrap_err().to_string();
+        assert!(err.contains("ticket.secret"), "{err}");
+        std::fs::write(&c.ticket_secret_file, "y".repeat(40)).unwrap();
+        assert_eq!(c.resolve_ticket_secret().unwrap().expose(), "y".repeat(40));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

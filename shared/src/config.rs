@@ -101,23 +101,64 @@ pub fn load_or_create_secret(path: &Path) -> Result<(crate::Secret, bool), Error
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| Error::Config("no system randomness".into()))?;
     let value = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Config(format!("create {}: {e}", dir.display())))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
     }
     write_private(path, &value)
         .map_err(|e| Error::Config(format!("write {}: {e}", path.display())))?;
     Ok((crate::Secret::new(value), true))
 }
 
-/// Reads a secret file (trimmed); `None` when it does not exist.
+/// Reads a secret file (trimmed); `None` when it does not exist. Warns when the file is
+/// open to group or others.
 pub fn read_secret(path: &Path) -> Result<Option<crate::Secret>, Error> {
     match std::fs::read_to_string(path) {
-        Ok(s) if !s.trim().is_empty() => Ok(Some(crate::Secret::new(s.trim()))),
+        Ok(s) if !s.trim().is_empty() => {
+            warn_if_not_private(path);
+            Ok(Some(crate::Secret::new(s.trim())))
+        }
         Ok(_) => Err(Error::Config(format!("{} is empty", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::Config(format!("read {}: {e}", path.display()))),
     }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700, or warns when it exists with a looser
+/// mode (it is left as the operator made it).
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    if dir.exists() {
+        warn_if_not_private(dir);
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| Error::Config(format!("create {}: {e}", dir.display())))
+}
+
+/// The permission bits of `path` when group or others have any access to it (a `tracing`
+/// warning is logged), `None` when it is private or cannot be read.
+pub fn warn_if_not_private(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "readable or writable by group or others; chmod it to 0{} (owner only)",
+                if path.is_dir() { "700" } else { "600" }
+            );
+            return Some(mode);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    None
 }
 
 fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
@@ -142,6 +183,19 @@ mod secret_tests {
         let (a, created) = load_or_create_secret(&path).unwrap();
         assert!(created);
         assert!(a.expose().len() >= 43);
+        assert!(a.check_strength("generated").is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir), 0o700, "data dir created owner-only");
+            assert_eq!(mode(&path), 0o600, "secret file created owner-only");
+            assert_eq!(warn_if_not_private(&path), None);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert_eq!(warn_if_not_private(&path), Some(0o644));
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            assert_eq!(warn_if_not_private(&dir), Some(0o755));
+        }
         let (b, created) = load_or_create_secret(&path).unwrap();
         assert!(!created);
         assert_eq!(a, b);

@@ -2,6 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
+
+/// Shortest secret accepted as key material (ticket and JWT secrets), bytes: 256 bits when
+/// random, and an operator's guessable word is refused outright.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// A secret value (password, signing key). Deliberately not `Display`; `Debug` is redacted
 /// so a secret cannot end up in a log line or an error message by accident.
 #[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -21,6 +27,19 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Refuses a secret shorter than [`MIN_SECRET_BYTES`], naming `setting` (the config key,
+    /// env variable or file it came from) so the operator knows what to fix.
+    pub fn check_strength(&self, setting: &str) -> Result<(), Error> {
+        let len = self.0.len();
+        if len < MIN_SECRET_BYTES {
+            return Err(Error::Config(format!(
+                "{setting} is {len} bytes long; at least {MIN_SECRET_BYTES} are required \
+                 (generate one: head -c 32 /dev/urandom | base64)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Secret {
@@ -38,5 +57,17 @@ mod tests {
         let s = Secret::new("hunter22");
         assert_eq!(format!("{s:?}"), "Secret([redacted])");
         assert_eq!(s.expose(), "hunter22");
+    }
+
+    #[test]
+    fn short_secrets_refused_naming_the_setting() {
+        let err = Secret::new("x".repeat(31))
+            .check_strength("ticket_secret (VC_TICKET_SECRET)")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ticket_secret (VC_TICKET_SECRET)"), "{err}");
+        assert!(err.contains("31 bytes"), "{err}");
+        assert!(Secret::new("x".repeat(32)).check_strength("s").is_ok());
+        assert!(Secret::default().check_strength("s").is_err());
     }
 }

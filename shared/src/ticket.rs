@@ -5,13 +5,18 @@
 //! * **TURN REST credentials** (draft-uberti-behave-turn-rest, what coturn calls
 //!   `use-auth-secret`): username `<unix expiry>:<subject>`, or
 //!   `<unix expiry>:<subject>:<account>` when the subject belongs to an account,
-//!   credential `base64(HMAC-SHA1(secret, username))`. Every WebRTC stack accepts these.
+//!   credential `base64(HMAC-SHA1(turn key, username))`. Every WebRTC stack accepts these.
 //! * **Signaling tokens**: an HS256 JWT with audience [`SIGNALING_AUDIENCE`] whose claims scope
 //!   the holder to a role and a set of device ids ([`SignalingClaims`]).
+//!
+//! The shared secret keys nothing itself: each use gets its own key, derived here once with
+//! HKDF-SHA256 (RFC 5869, empty salt, info [`TURN_CREDENTIAL_INFO`], [`PRESENCE_INFO`],
+//! [`TICKET_INFO`]), so both daemons derive the same keys and a key recovered or misused in
+//! one scheme (HMAC-SHA1 over attacker-chosen usernames, say) says nothing about the others.
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use ring::hmac;
+use ring::{hkdf, hmac};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -62,11 +67,45 @@ pub struct SignalingClaims {
     pub account: Option<String>,
 }
 
-/// Signs and verifies relay tickets with one shared secret.
+/// HKDF info of the TURN REST credential key (HMAC-SHA1 over usernames).
+pub const TURN_CREDENTIAL_INFO: &str = "vc/turn-credential/v1";
+/// HKDF info of the key of relay -> control presence signatures (HMAC-SHA256).
+pub const PRESENCE_INFO: &str = "vc/presence/v1";
+/// HKDF info of the key of signaling tokens (HS256 JWTs).
+pub const TICKET_INFO: &str = "vc/ticket/v1";
+
+/// 32 bytes of HKDF-SHA256 output for `info` from `secret`.
+fn derive(secret: &Secret, info: &str) -> [u8; 32] {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(secret.expose().as_bytes());
+    let mut out = [0u8; 32];
+    // Invariant: 32 bytes is far below HKDF-SHA256's limit of 255 * 32, so neither the
+    // expansion nor the fill can fail.
+    prk.expand(&[info.as_bytes()], hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("32 bytes of HKDF-SHA256 output");
+    out
+}
+
+/// The TURN REST secret derived from the ticket secret, as text: lowercase hex of the HKDF
+/// output, whose ASCII bytes are the HMAC-SHA1 key. Text so that coturn-style tools can use
+/// it as their `static-auth-secret` (e.g. `turnutils_uclient -W`); treat it like the ticket
+/// secret itself.
+pub fn turn_rest_secret(secret: &Secret) -> Secret {
+    let mut hex = String::with_capacity(64);
+    for b in derive(secret, TURN_CREDENTIAL_INFO) {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    Secret::new(hex)
+}
+
+/// Signs and verifies relay tickets with keys derived from one shared secret.
 #[derive(Clone)]
 pub struct TicketKey {
+    /// TURN REST credentials (key: [`turn_rest_secret`]).
     hmac_sha1: hmac::Key,
+    /// Presence reports (key: HKDF [`PRESENCE_INFO`]).
     hmac_sha256: hmac::Key,
+    /// Signaling tokens (key: HKDF [`TICKET_INFO`]).
     jwt_encoding: EncodingKey,
     jwt_decoding: DecodingKey,
 }
@@ -78,13 +117,19 @@ impl std::fmt::Debug for TicketKey {
 }
 
 impl TicketKey {
+    /// Derives the per-use keys from the shared ticket secret. (Its length is checked where
+    /// it is configured, [`Secret::check_strength`]; tests may use short ones.)
     pub fn new(secret: &Secret) -> Self {
-        let raw = secret.expose().as_bytes();
+        let turn = turn_rest_secret(secret);
+        let ticket = derive(secret, TICKET_INFO);
         Self {
-            hmac_sha1: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, raw),
-            hmac_sha256: hmac::Key::new(hmac::HMAC_SHA256, raw),
-            jwt_encoding: EncodingKey::from_secret(raw),
-            jwt_decoding: DecodingKey::from_secret(raw),
+            hmac_sha1: hmac::Key::new(
+                hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+                turn.expose().as_bytes(),
+            ),
+            hmac_sha256: hmac::Key::new(hmac::HMAC_SHA256, &derive(secret, PRESENCE_INFO)),
+            jwt_encoding: EncodingKey::from_secret(&ticket),
+            jwt_decoding: DecodingKey::from_secret(&ticket),
         }
     }
 
@@ -109,7 +154,8 @@ impl TicketKey {
         self.turn_credentials(&format!("{subject}:{account}"), now, ttl)
     }
 
-    /// The TURN password belonging to a REST username: `base64(HMAC-SHA1(secret, username))`.
+    /// The TURN password belonging to a REST username:
+    /// `base64(HMAC-SHA1(turn_rest_secret, username))`.
     /// The relay derives the long-term key from this; it never needs to store anything.
     pub fn turn_password(&self, username: &str) -> String {
         let tag = hmac::sign(&self.hmac_sha1, username.as_bytes());
@@ -261,19 +307,88 @@ pub fn unix_now() -> u64 {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "visionconnect-test-ticket-secret-32b";
+
     fn key() -> TicketKey {
-        TicketKey::new(&Secret::new("benchsecret"))
+        TicketKey::new(&Secret::new(SECRET))
+    }
+
+    // HKDF outputs computed independently with OpenSSL 3:
+    // `openssl kdf -keylen 32 -kdfopt digest:SHA256 -kdfopt key:$SECRET -kdfopt info:$INFO HKDF`.
+    const TURN_KEY_HEX: &str = "f2b6fc14823dfec35d0750216f62d6103993daf90de8d72ca29cafa3d823461e";
+    const PRESENCE_KEY_HEX: &str =
+        "3051238da2f6cbab70cf8d24b74170739bd19e83056979eed67ed60b3a50a910";
+    const TICKET_KEY_HEX: &str = "8ad0eac443f39ce5b1711a90b083f8b5585438bf14709f42c390504a163c7cf2";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
-    fn turn_rest_matches_coturn_scheme() {
-        // base64(HMAC-SHA1("benchsecret", "1700000000:bench")), computed independently with
-        // `printf %s 1700000000:bench | openssl dgst -sha1 -hmac benchsecret -binary | base64`.
+    fn turn_rest_matches_coturn_scheme_with_the_derived_secret() {
+        assert_eq!(
+            turn_rest_secret(&Secret::new(SECRET)).expose(),
+            TURN_KEY_HEX
+        );
+        // `printf %s 1700000000:bench | openssl dgst -sha1 -hmac $TURN_KEY_HEX -binary | base64`:
+        // what coturn computes with `static-auth-secret = <turn_rest_secret>`.
         let k = key();
         assert_eq!(
             k.turn_password("1700000000:bench"),
-            "2454w2lXwf7oiLtfpgzieSMgXRI="
+            "PjuSSkkXlYuByFJk+CDT5ZNcM0Y="
         );
+        // No longer keyed by the raw ticket secret (`openssl dgst -sha1 -hmac $SECRET`).
+        assert_ne!(
+            k.turn_password("1700000000:bench"),
+            "e/nE4efCLenMHJGf6WhNNgFqUSw="
+        );
+    }
+
+    #[test]
+    fn each_use_has_its_own_derived_key() {
+        let k = key();
+        // Presence: HMAC-SHA256 with the `vc/presence/v1` key (openssl dgst -sha256 -mac HMAC
+        // -macopt hexkey:$PRESENCE_KEY_HEX, base64url).
+        assert_eq!(
+            k.sign_internal(b"{\"a\":1}"),
+            "N8tda7K_8g38WeyDcZrMttrItO3QGFbgaOYnPdi3IxI"
+        );
+        let raw = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
+        let raw_sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(hmac::sign(&raw, b"{\"a\":1}").as_ref());
+        assert!(k.verify_internal(b"{\"a\":1}", &raw_sig).is_err());
+
+        // Signaling tokens: HS256 with the `vc/ticket/v1` key, and with nothing else.
+        let (token, claims) = k.mint_signaling("u", Role::Viewer, vec![], 1_000, 600);
+        let verify_with = |key: &[u8]| {
+            let mut v = Validation::new(Algorithm::HS256);
+            v.validate_exp = false;
+            v.set_audience(&[SIGNALING_AUDIENCE]);
+            jsonwebtoken::decode::<SignalingClaims>(&token, &DecodingKey::from_secret(key), &v)
+        };
+        assert_eq!(verify_with(&unhex(TICKET_KEY_HEX)).unwrap().claims, claims);
+        for other in [
+            SECRET.as_bytes().to_vec(),
+            unhex(TURN_KEY_HEX),
+            TURN_KEY_HEX.as_bytes().to_vec(),
+            unhex(PRESENCE_KEY_HEX),
+        ] {
+            assert!(verify_with(&other).is_err());
+        }
+        // A token signed with the raw secret (the old scheme) is refused.
+        let old = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(
+            k.verify_signaling(&old, 1_100),
+            Err(Error::BadSignature)
+        ));
     }
 
     #[test]

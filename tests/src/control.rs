@@ -16,7 +16,7 @@ use crate::{fresh_postgres_url, start, Running};
 pub const USER_PASSWORD: &str = "password123";
 
 /// The ticket secret [`start_control`] starts the instance with.
-pub const TICKET_SECRET: &str = "control-api-test-ticket-secret";
+pub const TICKET_SECRET: &str = "control-api-test-ticket-secret-at-least-32-bytes";
 /// The `server_url` [`start_control`] writes into QR codes.
 pub const SERVER_URL: &str = "https://cams.example.test";
 
@@ -40,7 +40,10 @@ pub enum Db {
 /// A running vc-control.
 pub struct Control {
     pub running: Running,
+    /// `http://<addr>` of the public API listener.
     pub base: String,
+    /// `http://<addr>` of the admin listener (`/metrics`, `/healthz`).
+    pub admin: String,
     pub http: Client,
     /// The database URL (a fresh Postgres database, or SQLite in the temp dir).
     pub db_url: String,
@@ -73,6 +76,7 @@ impl Control {
         let data_dir = data.path().display().to_string();
         let mut env = vec![
             ("VC_LISTEN", "127.0.0.1:0"),
+            ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
             ("VC_DATABASE_URL", db_url.as_str()),
             ("VC_DATA_DIR", data_dir.as_str()),
             ("VC_TICKET_SECRET", secret),
@@ -84,6 +88,7 @@ impl Control {
         let running = start("vc-control", &[], &env).await?;
         Ok(Self {
             base: running.url("http"),
+            admin: running.url("admin"),
             running,
             http: Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -92,6 +97,21 @@ impl Control {
             db_url,
             _data: data,
         })
+    }
+
+    /// The Prometheus text of the admin listener's `/metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        let res = self
+            .http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await?;
+        ensure!(
+            res.status() == StatusCode::OK,
+            "admin /metrics {}",
+            res.status()
+        );
+        Ok(res.text().await?)
     }
 
     pub async fn call(

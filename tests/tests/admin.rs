@@ -25,7 +25,7 @@ use vc_tests::control::{code, USER_PASSWORD};
 use vc_tests::signaling_client::{closed, recv, refused, ws_connect, Ws};
 use vc_tests::stack::{start_relay, Control, Db};
 
-const SECRET: &str = "admin-test-ticket-secret";
+const SECRET: &str = "admin-test-ticket-secret-at-least-32-bytes";
 const ADMIN_EMAIL: &str = "root@admin.test";
 const ADMIN_PASSWORD: &str = "root-Pass-0f-the-Admin";
 

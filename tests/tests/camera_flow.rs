@@ -181,6 +181,7 @@ async fn flow() -> Result<()> {
         &[],
         &[
             ("VC_LISTEN", &format!("127.0.0.1:{control_port}")),
+            ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
             ("VC_DATABASE_URL", &db),
             ("VC_DATA_DIR", &data_dir.to_string_lossy()),
             ("VC_SERVER_URL", &control_url),

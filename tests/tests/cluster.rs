@@ -11,7 +11,7 @@ use uuid::Uuid;
 use vc_tests::signaling_client::{cand, recv, send, Ws, STEP};
 use vc_tests::{start, Nats, Running};
 
-const SECRET: &str = "cluster-test-ticket-secret";
+const SECRET: &str = "cluster-test-ticket-secret-at-least-32-bytes";
 
 async fn start_node(node: &str, nats: &str) -> Result<Running> {
     start(

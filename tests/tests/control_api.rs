@@ -681,13 +681,7 @@ async fn full_flow(db: Db) -> Result<()> {
     ensure!(s == StatusCode::NOT_FOUND, "double delete {s}");
 
     // Metrics reflect the traffic with route templates, not raw paths.
-    let metrics = c
-        .http
-        .get(format!("{}/metrics", c.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = c.metrics().await?;
     ensure!(
         metrics.contains("http_requests_total")
             && metrics.contains("route=\"/api/camera/devices/{id}\""),
@@ -842,6 +836,7 @@ async fn generated_secrets_survive_restart() -> Result<()> {
     let dir = data.path().display().to_string();
     let env = [
         ("VC_LISTEN", "127.0.0.1:0"),
+        ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
         ("VC_DATABASE_URL", url.as_str()),
         ("VC_DATA_DIR", dir.as_str()),
         ("VC_ARGON2__MEMORY_KIB", "1024"),

@@ -11,7 +11,7 @@ use shared::signaling::ServerMessage;
 use vc_tests::signaling_client::{recv, Ws, STEP};
 use vc_tests::stack::{start_relay, Control, Db};
 
-const SECRET: &str = "durability-test-ticket-secret";
+const SECRET: &str = "durability-test-ticket-secret-at-least-32-bytes";
 const JWT_SECRET: &str = "durability-test-jwt-secret-kept-across-restarts";
 
 async fn join(relay: &vc_tests::Running, token: &str) -> Result<Ws> {

@@ -18,7 +18,7 @@ use vc_tests::stack::{start_relay, Control, Db};
 use vc_tests::viewer::viewer_until_online;
 use vc_tests::{fresh_postgres_url, Nats, Running};
 
-const SECRET: &str = "fleet-test-ticket-secret";
+const SECRET: &str = "fleet-test-ticket-secret-at-least-32-bytes";
 const JWT_SECRET: &str = "fleet-test-jwt-secret-shared-by-every-instance";
 
 async fn node(name: &str, nats: &Nats, control: &Control) -> Result<Running> {

@@ -303,7 +303,7 @@ async fn qr_codes_carry_an_https_server_url_when_none_is_configured() -> Result<
     // Control::start, not start_control: no VC_SERVER_URL, so vc-control derives it.
     let control = Control::start(
         Db::Sqlite,
-        "https-test-ticket-secret",
+        "https-test-ticket-secret-at-least-32-bytes",
         &[("VC_TLS__CERT_FILE", &c), ("VC_TLS__KEY_FILE", &k)],
     )
     .await?;

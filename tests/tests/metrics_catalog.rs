@@ -1,7 +1,8 @@
 //! The dashboard, the alert rules and the README's metrics table cannot drift from what the
 //! daemons export (issue 12): after some real traffic through vc-control and vc-relay, every
 //! metric named in `deploy/grafana/visionconnect.json` and `deploy/prometheus/alerts.yml` is in
-//! one of the two `/metrics` scrapes, and every exported VisionConnect metric has a README row.
+//! one of the two `/metrics` scrapes (both daemons' admin listeners), and every exported
+//! VisionConnect metric has a README row.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,7 +14,7 @@ use shared::signaling::ServerMessage;
 use vc_tests::signaling_client::{recv, STEP};
 use vc_tests::stack::{start_relay, Control, Db};
 
-const SECRET: &str = "metrics-catalog-ticket-secret";
+const SECRET: &str = "metrics-catalog-ticket-secret-at-least-32-bytes";
 
 /// Metric names a PromQL expression reads: identifiers that are not functions, keywords,
 /// label names (inside `{}` or `by (...)`), durations, strings or `$variables`.
@@ -198,7 +199,14 @@ async fn dashboards_alerts_and_readme_match_the_exported_metrics() -> Result<()>
         let http = c.http.clone();
         async move { Ok::<_, anyhow::Error>(http.get(url).send().await?.text().await?) }
     };
-    let control_text = scrape(format!("{}/metrics", c.base)).await?;
+    let control_text = c.metrics().await?;
+    // Only the admin listener serves them: the public API answers 404.
+    let public = c.http.get(format!("{}/metrics", c.base)).send().await?;
+    ensure!(
+        public.status() == reqwest::StatusCode::NOT_FOUND,
+        "public /metrics answered {}",
+        public.status()
+    );
     let relay_text = scrape(format!("http://{}/metrics", relay.addr("admin"))).await?;
     let mut all = exported(&control_text);
     all.extend(exported(&relay_text));

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 use vc_tests::stack::{metric, start_relay, Control, Db};
 
-const SECRET: &str = "presence-test-ticket-secret";
+const SECRET: &str = "presence-test-ticket-secret-at-least-32-bytes";
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()

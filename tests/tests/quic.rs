@@ -18,7 +18,7 @@ use vc_tests::signaling_client::{cand, expect_error, recv, send, wss_connect, ST
 use vc_tests::stack::start_relay;
 use vc_tests::Running;
 
-const SECRET: &str = "quic-test-ticket-secret";
+const SECRET: &str = "quic-test-ticket-secret-at-least-32-bytes";
 
 async fn quic_relay(dir: &std::path::Path, extra: &[(&str, &str)]) -> Result<(Running, TestCert)> {
     let cert = TestCert::generate()?;

@@ -15,7 +15,7 @@ use vc_tests::control::code;
 use vc_tests::signaling_client::{closed, expect_error, recv, send, ws_connect, Ws, STEP};
 use vc_tests::stack::{start_relay, Control, Db};
 
-const SECRET: &str = "sharing-test-ticket-secret";
+const SECRET: &str = "sharing-test-ticket-secret-at-least-32-bytes";
 
 /// Sorted key names of a JSON object, nested objects as `outer.inner`.
 fn shape(v: &Value) -> Vec<String> {

@@ -18,7 +18,7 @@ use vc_tests::signaling_client::{cand, closed, expect_error, recv, send, ws_conn
 use vc_tests::stack::{Control, Db};
 use vc_tests::Running;
 
-const SECRET: &str = "signaling-test-ticket-secret";
+const SECRET: &str = "signaling-test-ticket-secret-at-least-32-bytes";
 
 async fn start_relay(control_url: &str, extra: &[(&str, &str)]) -> Result<Running> {
     let mut env = vec![

@@ -22,7 +22,7 @@ use serde_json::Value;
 use shared::{ticket::TicketKey, Secret};
 use tokio::process::Command;
 
-const SECRET: &str = "turn-browser-test-secret";
+const SECRET: &str = "turn-browser-test-secret-at-least-32-bytes";
 /// Whole node run, Chromium included; the script's own deadline is shorter.
 const NODE_TIMEOUT: Duration = Duration::from_secs(150);
 const MIN_FRAMES: u64 = 30;

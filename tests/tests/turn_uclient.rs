@@ -14,7 +14,7 @@ use shared::ticket::TicketKey;
 use tokio::process::{Child, Command};
 use vc_tests::Running;
 
-const SECRET: &str = "turn-test-secret";
+const SECRET: &str = "turn-test-secret-at-least-32-bytes";
 const REALM: &str = "vc.test";
 
 fn have_coturn() -> bool {
@@ -415,7 +415,9 @@ async fn udp_client_to_client() -> Result<()> {
 async fn rest_credentials_from_ticket_secret_accepted() -> Result<()> {
     // uclient -W derives `<now + 24 h>:<user>` / base64(HMAC-SHA1(secret, username)): the
     // scheme of shared::ticket::TicketKey::turn_credentials, which vc-control's ticket
-    // endpoint uses.
+    // endpoint uses, keyed by the TURN secret derived from the ticket secret (coturn's
+    // `static-auth-secret` would be the same value).
+    let turn_secret = shared::ticket::turn_rest_secret(&shared::Secret::new(SECRET));
     if !have_coturn() {
         bail!("turnutils_uclient not installed (.ci/setup installs coturn)");
     }
@@ -430,7 +432,7 @@ async fn rest_credentials_from_ticket_secret_accepted() -> Result<()> {
         "-u",
         "camera-1",
         "-W",
-        SECRET,
+        turn_secret.expose(),
     ];
     uclient(&relay, &args, 2, 100).await?;
     relay.terminate().await?;

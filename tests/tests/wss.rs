@@ -17,7 +17,7 @@ use vc_tests::signaling_client::{recv, tls_connect, ws_connect, wss_connect, Wss
 use vc_tests::stack::start_relay;
 use vc_tests::Running;
 
-const SECRET: &str = "wss-test-ticket-secret";
+const SECRET: &str = "wss-test-ticket-secret-at-least-32-bytes";
 
 /// A relay serving TLS with `cert` from `dir`; `extra` overrides.
 async fn tls_relay(

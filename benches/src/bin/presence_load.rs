@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 use vc_benches::{start_server, user};
 
-const SECRET: &str = "presence-load-ticket-secret";
+const SECRET: &str = "presence-load-ticket-secret-at-least-32-bytes";
 const CHUNK: usize = 200;
 const STATS_FLUSH: Duration = Duration::from_secs(11);
 

@@ -36,7 +36,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
-const SECRET: &str = "signaling-load-secret";
+const SECRET: &str = "signaling-load-secret-at-least-32-bytes";
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Args {

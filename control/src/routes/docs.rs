@@ -187,7 +187,7 @@ impl Modify for BearerAuth {
         devices::list, devices::get, devices::rename, devices::delete,
         shares::create, shares::list, shares::revoke,
         tickets::ticket, presence::presence,
-        health::healthz, health::metrics,
+        health::healthz,
     ),
     components(schemas(ErrorBodyDoc, ErrorDetailDoc)),
     modifiers(&BearerAuth),

@@ -1,4 +1,6 @@
-//! `GET /healthz` (database reachable) and `GET /metrics` (Prometheus text).
+//! `GET /healthz` (database reachable; public and admin listeners) and `GET /metrics`
+//! (Prometheus text; admin listener only, `admin_listen`: what it counts is for operators,
+//! not for the internet).
 //!
 //! Metrics (labels are fixed sets, never ids or raw paths): `http_requests_total{route,status}`,
 //! `http_request_duration_seconds{route}` (histogram), `logins_failed_total`,
@@ -54,17 +56,23 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// `/healthz` for the public API listener.
 pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
     let health = warp::path!("healthz")
         .and(warp::get())
         .and(with_ctx(ctx))
         .then(|ctx: Ctx| async move { respond(healthz(ctx).await) });
+    instrument("/healthz", health)
+}
+
+/// `/metrics` and `/healthz` for the admin listener.
+pub fn admin_routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_ctx(ctx))
         .then(|ctx: Ctx| async move { respond(metrics(ctx).await) });
-    instrument("/healthz", health)
-        .or(instrument("/metrics", metrics))
+    instrument("/metrics", metrics)
+        .or(routes(ctx))
         .unify()
         .boxed()
 }
@@ -92,9 +100,7 @@ pub async fn healthz(ctx: Ctx) -> Result<Response, ApiError> {
     ))
 }
 
-/// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "ops",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+/// Prometheus text exposition (admin listener; not part of the public API document).
 pub async fn metrics(ctx: Ctx) -> Result<Response, ApiError> {
     // Derived status (node leases), as the device list shows it.
     let rows = sqlx::query(&format!(

@@ -64,6 +64,11 @@ pub fn all(app: Ctx) -> BoxedFilter<(Response,)> {
     api.recover(recover).unify().boxed()
 }
 
+/// The admin listener's routes (`/metrics`, `/healthz`), with the same JSON fallback.
+pub fn admin(app: Ctx) -> BoxedFilter<(Response,)> {
+    health::admin_routes(&app).recover(recover).unify().boxed()
+}
+
 /// Unmatched requests: 405 when some route had the path but not the method, else 404.
 async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let err = if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {

@@ -227,7 +227,12 @@ pub(crate) async fn run<T: Transport>(
             Role::Viewer => Some(Uuid::from_u64_pair(0, id)),
             Role::Camera => None,
         },
-        ice_servers: sig.ice_servers(state.subject(), account.as_deref(), &host),
+        ice_servers: sig.ice_servers(
+            state.subject(),
+            account.as_deref(),
+            &host,
+            state.expires_at(),
+        ),
     };
     drop((account, host));
     let mut out = Vec::new();

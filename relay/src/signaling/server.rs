@@ -525,12 +525,14 @@ impl Signaling {
 
     /// `ice_servers` for a `welcome`: fresh TURN REST credentials for `subject`, naming its
     /// `account` when the ticket had one, so the TURN quota counts per account (a camera's
-    /// subject is its device id).
+    /// subject is its device id). They expire with the token (`token_exp`, unix seconds)
+    /// at the latest: a credential never outlives the ticket it was minted from.
     pub(crate) fn ice_servers(
         &self,
         subject: &str,
         account: Option<&str>,
         host: &str,
+        token_exp: u64,
     ) -> Vec<IceServer> {
         let urls = if !self.config.turn_uris.is_empty() {
             self.config.turn_uris.clone()
@@ -547,13 +549,13 @@ impl Signaling {
         } else {
             return Vec::new();
         };
-        let ttl = self.config.ice_credential_ttl_secs;
+        let now = unix_now();
+        let ttl = ice_ttl(self.config.ice_credential_ttl_secs, token_exp, now);
         let (username, credential) = match account {
-            Some(account) => {
-                self.key
-                    .turn_credentials_for_account(subject, account, unix_now(), ttl)
-            }
-            None => self.key.turn_credentials(subject, unix_now(), ttl),
+            Some(account) => self
+                .key
+                .turn_credentials_for_account(subject, account, now, ttl),
+            None => self.key.turn_credentials(subject, now, ttl),
         };
         vec![IceServer {
             urls,
@@ -561,6 +563,12 @@ impl Signaling {
             credential,
         }]
     }
+}
+
+/// Lifetime of `welcome` TURN credentials minted at `now`: `configured`, cut to end with the
+/// token that authenticated the connection (expiry `token_exp`).
+fn ice_ttl(configured: u64, token_exp: u64, now: u64) -> u64 {
+    configured.min(token_exp.saturating_sub(now))
 }
 
 async fn accept_loop(sig: Arc<Signaling>, listener: TcpListener) {
@@ -729,6 +737,23 @@ pub(crate) async fn upgrade_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ice_credentials_end_with_the_token() {
+        // A 10-minute ticket used 2 minutes after issue: 8 minutes left, not the hour.
+        assert_eq!(ice_ttl(3600, 1_600, 1_120), 480);
+        assert_eq!(
+            ice_ttl(300, 1_600, 1_000),
+            300,
+            "a shorter setting still wins"
+        );
+        assert_eq!(ice_ttl(3600, 1_000, 1_000), 0);
+        assert_eq!(
+            ice_ttl(3600, 900, 1_000),
+            0,
+            "never past the token, even late"
+        );
+    }
 
     #[test]
     fn token_from_query() {
