@@ -12,6 +12,7 @@ pub mod certs;
 pub mod control;
 pub mod signaling_client;
 pub mod stack;
+pub mod turn_client;
 pub mod viewer;
 
 use std::collections::HashMap;
