@@ -3,6 +3,7 @@
 //! `vc-relay` and streams a live VP8 test pattern to every viewer over WebRTC ([`run`]).
 
 pub mod backoff;
+pub mod link;
 pub mod media;
 pub mod onboard;
 pub mod pattern;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use camera::link::Transport;
 use camera::onboard::{self, CameraState, OnboardError};
 use camera::peer::{Camera, CameraInfo, PeerOptions};
 use camera::run::{self, RunConfig};
@@ -60,6 +61,17 @@ enum Command {
         /// Also offer loopback host candidates (single-host demos and tests).
         #[arg(long)]
         include_loopback: bool,
+        /// Signaling link: `auto` = QUIC when the ticket offers a `quic_url` (WebSocket if
+        /// the QUIC handshake fails), `quic`, or `ws`.
+        #[arg(long, value_enum, env = "VC_CAMERA_TRANSPORT", default_value = "auto")]
+        transport: Transport,
+        /// Keep-alive interval in seconds (QUIC PING / WebSocket ping); below the ~30 s
+        /// after which many NATs drop an idle UDP mapping.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=25))]
+        keepalive_secs: u64,
+        /// PEM certificate(s) to trust for the relay's QUIC listener (default: system roots).
+        #[arg(long, env = "VC_CAMERA_CA_FILE")]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -105,6 +117,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             bitrate,
             relay_only,
             include_loopback,
+            transport,
+            keepalive_secs,
+            ca_file,
         } => {
             let video = Vp8Config {
                 width,
@@ -117,7 +132,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 relay_only,
                 include_loopback,
             };
-            run_cmd(state, video, options).await
+            let link = LinkArgs {
+                transport,
+                keepalive: std::time::Duration::from_secs(keepalive_secs),
+                ca_file,
+            };
+            run_cmd(state, video, options, link).await
         }
     }
 }
@@ -186,10 +206,18 @@ async fn onboard_cmd(
     Ok(())
 }
 
+/// `run`'s signaling-link flags.
+struct LinkArgs {
+    transport: Transport,
+    keepalive: std::time::Duration,
+    ca_file: Option<PathBuf>,
+}
+
 async fn run_cmd(
     state_path: PathBuf,
     video: Vp8Config,
     options: PeerOptions,
+    link: LinkArgs,
 ) -> anyhow::Result<()> {
     let state = CameraState::load(&state_path)?.with_context(|| {
         format!(
@@ -208,6 +236,9 @@ async fn run_cmd(
         server_url,
         device_id,
         device_secret: secret.to_owned(),
+        transport: link.transport,
+        keepalive: link.keepalive,
+        ca_file: link.ca_file,
     };
     let info = CameraInfo {
         device_id: Some(device_id),

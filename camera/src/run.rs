@@ -1,11 +1,15 @@
-//! `vc-camera run`: keep a relay ticket, hold the signaling WebSocket, and answer every
-//! viewer offer. Any failure (relay restart, network loss, rejected ticket) leads to a
+//! `vc-camera run`: keep a relay ticket, hold the signaling link (QUIC or WebSocket,
+//! [`crate::link`]), and answer every viewer offer. Any failure (relay restart, network loss, rejected ticket) leads to a
 //! reconnect with exponential backoff and jitter; the ticket is refreshed in place with an
 //! `auth` message before it expires, so the camera never needs a restart.
 //!
 //! Status lines on stdout (one per event, for operators and tests):
 //! `online <device_id>`, `offline <reason>`, `viewer <session_id> <state>`,
-//! `ticket refreshed`.
+//! `ticket refreshed`, `link quic|ws <url>`, `quic rebound <local addr>`.
+//!
+//! SIGUSR1 moves an open QUIC link to a new UDP socket (a new local port, as a NAT rebinding
+//! or network change would): the connection migrates, nothing reconnects. Operators can use it
+//! to check migration through their NAT; the integration tests use it to prove it.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,13 +18,15 @@ use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use shared::api::{TicketRequest, TicketResponse};
 use shared::signaling::{ClientMessage, ErrorCode, IceServer, ServerMessage};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 
 use crate::backoff::Backoff;
+use crate::link::{Link, LinkSink, QuicOptions, Transport};
 use crate::peer::{Camera, PeerEvent, PeerSession};
 
 /// Most viewer sessions one camera serves at once (the relay enforces its own limit too).
@@ -44,6 +50,25 @@ pub struct RunConfig {
     pub server_url: String,
     pub device_id: Uuid,
     pub device_secret: String,
+    /// Which signaling link to use.
+    pub transport: Transport,
+    /// Signaling keep-alive (WebSocket ping, QUIC PING) interval; keep it below the ~30 s
+    /// after which many NATs forget an idle UDP mapping. The relay counts as dead after three
+    /// silent intervals.
+    pub keepalive: Duration,
+    /// Certificates to trust for the relay's QUIC listener (PEM); default: system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl RunConfig {
+    fn quic_options(&self) -> QuicOptions {
+        QuicOptions {
+            ca_file: self.ca_file.clone(),
+            keepalive: self.keepalive,
+            idle_timeout: self.keepalive * 3,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Fetches a relay ticket for this camera.
@@ -129,10 +154,21 @@ pub async fn run(camera: &Camera, config: &RunConfig) -> ! {
         // Invariant: a plain client without TLS or proxies settings cannot fail to build.
         .expect("reqwest client");
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let rebind = Arc::new(Notify::new());
+    if let Ok(mut usr1) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+    {
+        let rebind = rebind.clone();
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                rebind.notify_one();
+            }
+        });
+    }
     loop {
         let reason = match fetch_ticket(&client, config).await {
             Ok(ticket) => {
-                let mut conn = Connection::new(camera, &client, config, ticket);
+                let mut conn = Connection::new(camera, &client, config, ticket, rebind.clone());
                 let reason = conn.serve().await;
                 if conn.welcomed {
                     backoff.reset();
@@ -162,12 +198,11 @@ struct Connection<'a> {
     ice_servers: Vec<IceServer>,
     sessions: HashMap<Uuid, PeerSession>,
     welcomed: bool,
+    /// Notified on SIGUSR1: rebind the QUIC socket.
+    rebind: Arc<Notify>,
 }
 
-type WsSink = futures_util::stream::SplitSink<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    Message,
->;
+type WsSink = LinkSink;
 
 impl<'a> Connection<'a> {
     fn new(
@@ -175,6 +210,7 @@ impl<'a> Connection<'a> {
         client: &'a reqwest::Client,
         config: &'a RunConfig,
         ticket: TicketResponse,
+        rebind: Arc<Notify>,
     ) -> Self {
         Self {
             ice_servers: ticket_ice_servers(&ticket),
@@ -184,36 +220,71 @@ impl<'a> Connection<'a> {
             ticket,
             sessions: HashMap::new(),
             welcomed: false,
+            rebind,
         }
+    }
+
+    /// Opens the link the config and the ticket call for: QUIC when wanted and offered (in
+    /// `auto`, WebSocket when the QUIC handshake fails, e.g. UDP is blocked).
+    async fn open(&self) -> Result<(Link, String), String> {
+        let quic_url = self.ticket.signaling.quic_url.as_deref();
+        let try_quic = match (self.config.transport, quic_url) {
+            (Transport::Ws, _) => None,
+            (Transport::Quic, None) => {
+                return Err("--transport quic, but the ticket offers no quic_url".into())
+            }
+            (_, url) => url,
+        };
+        if let Some(url) = try_quic {
+            // The first frame authenticates, exactly like the WebSocket `?token=`.
+            match crate::link::quic(url, &self.config.quic_options()).await {
+                Ok(mut link) => {
+                    let auth = ClientMessage::Auth {
+                        token: self.ticket.signaling.token.clone(),
+                    };
+                    send(&mut link.sink, &auth).await?;
+                    return Ok((link, format!("quic {url}")));
+                }
+                Err(e) if self.config.transport == Transport::Auto => {
+                    tracing::warn!(error = %e, "QUIC link failed, falling back to WebSocket");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let base = &self.ticket.signaling.url;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}token={}", self.ticket.signaling.token);
+        let link = crate::link::websocket(&url, Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("connect {base}: {e}"))?;
+        Ok((link, format!("ws {base}")))
     }
 
     /// Serves until the connection fails; returns why.
     async fn serve(&mut self) -> String {
-        let base = &self.ticket.signaling.url;
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}token={}", self.ticket.signaling.token);
-        let ws = match tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        {
-            Ok(Ok((ws, _))) => ws,
-            Ok(Err(e)) => return format!("connect {base}: {e}"),
-            Err(_) => return format!("connect {base}: timed out"),
+        let (link, name) = match self.open().await {
+            Ok(l) => l,
+            Err(e) => return e,
         };
-        let (mut sink, mut stream) = ws.split();
+        println!("link {name}");
+        let Link {
+            mut sink,
+            mut stream,
+            quic,
+        } = link;
         let (events_tx, mut events) = mpsc::unbounded_channel::<PeerEvent>();
         let mut refresh_at = Instant::now() + refresh_delay(&self.ticket, unix_now());
-        let mut keepalive = tokio::time::interval(Duration::from_secs(15));
+        let keepalive_every = self.config.keepalive;
+        let mut keepalive = tokio::time::interval(keepalive_every);
         let mut last_heard = Instant::now();
+        let rebind = self.rebind.clone();
         loop {
             tokio::select! {
                 msg = stream.next() => {
                     last_heard = Instant::now();
                     match msg {
                         None => return "connection closed".into(),
-                        Some(Err(e)) => return format!("websocket: {e}"),
+                        Some(Err(e)) => return format!("signaling: {e}"),
                         Some(Ok(Message::Text(text))) => {
                             match serde_json::from_str::<ServerMessage>(&text) {
                                 Ok(m) => {
@@ -222,6 +293,13 @@ impl<'a> Connection<'a> {
                                     }
                                 }
                                 Err(e) => tracing::warn!(error = %e, "unreadable signaling message"),
+                            }
+                        }
+                        // Over QUIC the relay's ping is an empty frame, answered by one (WebSocket
+                        // pongs are sent by tungstenite itself).
+                        Some(Ok(Message::Ping(_))) if quic.is_some() => {
+                            if let Err(e) = sink.send(Message::Pong(Vec::new().into())).await {
+                                return format!("quic: {e}");
                             }
                         }
                         Some(Ok(Message::Close(frame))) => {
@@ -263,12 +341,20 @@ impl<'a> Connection<'a> {
                         }
                     }
                 }
+                _ = rebind.notified(), if quic.is_some() => {
+                    if let Some(q) = &quic {
+                        match q.rebind() {
+                            Ok(addr) => println!("quic rebound {addr}"),
+                            Err(e) => tracing::warn!(error = %e, "QUIC rebind failed"),
+                        }
+                    }
+                }
                 _ = keepalive.tick() => {
-                    if last_heard.elapsed() > Duration::from_secs(45) {
-                        return "relay silent for 45 s".into();
+                    if last_heard.elapsed() > keepalive_every * 3 {
+                        return format!("relay silent for {} s", (keepalive_every * 3).as_secs());
                     }
                     if let Err(e) = sink.send(Message::Ping(Vec::new().into())).await {
-                        return format!("websocket: {e}");
+                        return format!("signaling: {e}");
                     }
                 }
             }
@@ -474,7 +560,7 @@ async fn send(sink: &mut WsSink, msg: &ClientMessage) -> Result<(), String> {
     let text = serde_json::to_string(msg).expect("signaling message serialises");
     sink.send(Message::text(text))
         .await
-        .map_err(|e| format!("websocket send: {e}"))
+        .map_err(|e| format!("signaling send: {e}"))
 }
 
 #[cfg(test)]
@@ -493,6 +579,7 @@ mod tests {
             signaling: SignalingTicket {
                 url: "ws://127.0.0.1:1/ws".into(),
                 token,
+                quic_url: None,
             },
         }
     }

@@ -167,6 +167,9 @@ pub struct RelayConfig {
     pub signaling_url: String,
     /// TURN URIs handed out with tickets and activation.
     pub turn_uris: Vec<String>,
+    /// `quic://host:port` of vc-relay's QUIC listener, handed out in camera tickets (cameras
+    /// prefer it and fall back to `signaling_url`). Empty: none.
+    pub quic_url: String,
 }
 
 /// Cost of the argon2id password hash. The defaults are OWASP's recommendation
@@ -234,6 +237,7 @@ impl Default for RelayConfig {
                 "turn:127.0.0.1:3478?transport=udp".into(),
                 "turn:127.0.0.1:3478?transport=tcp".into(),
             ],
+            quic_url: String::new(),
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod proxy;
 pub mod signaling;
 pub mod stun;
 pub mod tls;

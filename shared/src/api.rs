@@ -66,6 +66,10 @@ pub struct TurnTicket {
 pub struct SignalingTicket {
     pub url: String,
     pub token: String,
+    /// `quic://host:port` of the relay's QUIC listener (ALPN `vc-signal/1`), in camera tickets
+    /// when vc-control's `relay.quic_url` is set: the camera's preferred link, `url` its fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

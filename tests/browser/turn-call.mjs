@@ -4,6 +4,8 @@
 //   node turn-call.mjs --turn 'turn:127.0.0.1:3478?transport=udp' \
 //        (--username U --credential C | --secret S) [--min-frames 30] [--messages 50]
 //        [--message-bytes 1000] [--timeout-ms 20000] [--out result.json] [--flag=--some-chromium-flag]
+//   (or --turn 'turns:localhost:443?transport=tcp' for TURN over TLS; use a host name, since
+//    Chromium sends SNI only for names, and e.g. --flag=--ignore-certificate-errors for a test cert)
 //
 // Two RTCPeerConnections in one page (pages/turn-call.js), both with iceTransportPolicy
 // 'relay' and only the given TURN server, send canvas video one way and echo data-channel
@@ -45,8 +47,10 @@ function options() {
     },
   });
   const turn = values.turn;
-  const transport = /^turn:[^?]+\?transport=(udp|tcp)$/.exec(turn || '')?.[1];
-  if (!transport) throw new HarnessError("--turn 'turn:HOST:PORT?transport=udp|tcp' is required");
+  const m = /^(turns?):[^?]+\?transport=(udp|tcp)$/.exec(turn || '');
+  if (!m) throw new HarnessError("--turn 'turn:HOST:PORT?transport=udp|tcp' or 'turns:HOST:PORT?transport=tcp' is required");
+  // Chromium's getStats() names a TURN-over-TLS relay candidate's protocol `tls`.
+  const transport = m[1] === 'turns' ? 'tls' : m[2];
   let { username, credential } = values;
   if (values.secret !== undefined) {
     username = `${Math.floor(Date.now() / 1000) + 3600}:turn-call`;

@@ -34,3 +34,30 @@ impl TestCert {
         Ok((c, k))
     }
 }
+
+/// Connects with `connect` (which returns the connection and the certificate the server
+/// presented) until the server presents `want` (reloads are asynchronous), within `within`.
+/// The one retry loop of every certificate-reload test (WSS, HTTPS, TURN over TLS).
+pub async fn until_served<T, F, Fut>(
+    mut connect: F,
+    want: &TestCert,
+    within: std::time::Duration,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(T, Vec<u8>)>>,
+{
+    let t0 = std::time::Instant::now();
+    loop {
+        match connect().await {
+            Ok((conn, der)) => {
+                anyhow::ensure!(der == want.der, "handshake presented another certificate");
+                return Ok(conn);
+            }
+            Err(_) if t0.elapsed() < within => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => anyhow::bail!("new certificate not served within {within:?}: {e}"),
+        }
+    }
+}

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod control;
 pub mod signaling_client;
 pub mod stack;
+pub mod turn_client;
 pub mod viewer;
 
 use std::collections::HashMap;
@@ -47,6 +48,8 @@ pub struct Running {
     pub addrs: HashMap<String, String>,
     /// What the process printed after `ready` is kept flowing to the test's stderr.
     pub name: String,
+    /// ... and kept here, one entry a line, for tests that read a binary's status lines.
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Running {
@@ -54,6 +57,28 @@ impl Running {
         self.addrs
             .get(listener)
             .unwrap_or_else(|| panic!("{} has no listener {listener}: {:?}", self.name, self.addrs))
+    }
+
+    /// The stdout lines printed after `ready` so far.
+    pub fn output(&self) -> Vec<String> {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits (up to `within`) for a stdout line after `ready` starting with `prefix`.
+    pub async fn wait_line(&self, prefix: &str, within: Duration) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(l) = self.output().into_iter().find(|l| l.starts_with(prefix)) {
+                return Ok(l);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} printed no `{prefix}` line within {within:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `http://<addr>` of a listener.
@@ -116,15 +141,19 @@ pub async fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Ru
     }
     // Keep draining stdout so the child never blocks on a full pipe.
     let tag = name.to_owned();
+    let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = output.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("[{tag}] {line}");
+            kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
         }
     });
     Ok(Running {
         child,
         addrs,
         name: name.to_owned(),
+        output,
     })
 }
 

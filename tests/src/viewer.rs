@@ -71,6 +71,39 @@ pub async fn viewer_connect(ticket: &TicketResponse, device_id: Uuid) -> Result<
     let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await
         .context("viewer websocket")?;
+    call(ws, device_id).await
+}
+
+/// [`viewer_connect`] for a `wss://host:port/path` signaling URL, trusting only `trust` (the
+/// test certificate's DER; the TLS server name is `localhost`).
+pub async fn viewer_connect_wss(
+    ticket: &TicketResponse,
+    device_id: Uuid,
+    trust: &[u8],
+) -> Result<Connect> {
+    let rest = ticket
+        .signaling
+        .url
+        .strip_prefix("wss://")
+        .context("ticket signaling URL is not wss://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = format!("{path}?token={}", ticket.signaling.token);
+    let addr = match authority.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => authority.to_owned(),
+    };
+    let (ws, _) = crate::signaling_client::wss_connect(&addr, &path, trust).await?;
+    call(ws, device_id).await
+}
+
+async fn call<W>(ws: W, device_id: Uuid) -> Result<Connect>
+where
+    W: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + Send
+        + Unpin
+        + 'static,
+{
     let (mut sink, mut stream) = ws.split();
     let ice_servers: Vec<IceServer> = match next_message(&mut stream).await? {
         ServerMessage::Welcome { ice_servers, .. } => ice_servers,
@@ -228,7 +261,7 @@ pub async fn viewer_connect(ticket: &TicketResponse, device_id: Uuid) -> Result<
 /// Connects with a fresh ticket from `ticket` each try, retrying while the relay says the
 /// camera is offline (it is still connecting).
 pub async fn viewer_until_online<F, Fut>(
-    mut ticket: F,
+    ticket: F,
     device_id: Uuid,
     within: Duration,
 ) -> Result<Viewer>
@@ -236,11 +269,39 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<TicketResponse>>,
 {
+    until_online(ticket, device_id, within, None).await
+}
+
+/// [`viewer_until_online`] over `wss://` signaling, trusting only `trust`.
+pub async fn viewer_until_online_wss<F, Fut>(
+    ticket: F,
+    device_id: Uuid,
+    within: Duration,
+    trust: &[u8],
+) -> Result<Viewer>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<TicketResponse>>,
+{
+    until_online(ticket, device_id, within, Some(trust)).await
+}
+
+async fn until_online<F, Fut>(
+    mut ticket: F,
+    device_id: Uuid,
+    within: Duration,
+    trust: Option<&[u8]>,
+) -> Result<Viewer>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<TicketResponse>>,
+{
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let attempt = match ticket().await {
-            Ok(t) => viewer_connect(&t, device_id).await,
-            Err(e) => Err(e),
+        let attempt = match (ticket().await, trust) {
+            (Ok(t), None) => viewer_connect(&t, device_id).await,
+            (Ok(t), Some(trust)) => viewer_connect_wss(&t, device_id, trust).await,
+            (Err(e), _) => Err(e),
         };
         match attempt {
             Ok(Connect::Session(v)) => return Ok(*v),

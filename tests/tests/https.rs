@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::{http1, http2};
@@ -213,17 +213,11 @@ async fn plaintext_is_refused_and_a_stalled_handshake_is_cut_at_the_deadline() -
 
 /// Connects until the server presents `want` (reloads are asynchronous), within `within`.
 async fn until_served(addr: &str, want: &TestCert, within: Duration) -> Result<Conn> {
-    let t0 = Instant::now();
-    loop {
-        match open(addr, &want.der, b"http/1.1").await {
-            Ok((conn, _, der)) => {
-                ensure!(der == want.der, "handshake presented another certificate");
-                return Ok(conn);
-            }
-            Err(_) if t0.elapsed() < within => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => bail!("new certificate not served within {within:?}: {e}"),
-        }
-    }
+    let connect = || async {
+        let (conn, _, der) = open(addr, &want.der, b"http/1.1").await?;
+        Ok((conn, der))
+    };
+    vc_tests::certs::until_served(connect, want, within).await
 }
 
 #[tokio::test]

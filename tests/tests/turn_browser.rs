@@ -1,5 +1,6 @@
 //! Issue 4, "proof with real clients": an unmodified headless Chromium makes a relay-only
-//! WebRTC call through the real `vc-relay`, over UDP and over TCP.
+//! WebRTC call through the real `vc-relay`, over UDP, over TCP, and over TLS (`turns:`) on the
+//! relay's single TLS port (the one that also serves `wss://` signaling).
 //!
 //! The browser side is `tests/browser/turn-call.mjs` (playwright-core driving
 //! `/usr/bin/chromium`): two peer connections in one page, `iceTransportPolicy: 'relay'`,
@@ -62,28 +63,42 @@ async fn check_prerequisites() -> Result<()> {
 }
 
 async fn start_relay() -> Result<vc_tests::Running> {
-    vc_tests::start(
-        "vc-relay",
-        &[],
-        &[
-            ("VC_TICKET_SECRET", SECRET),
-            ("VC_TURN__LISTEN", "127.0.0.1:0"),
-            // Both relayed addresses of the call are 127.0.0.1:port.
-            ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
-            ("VC_TURN__REALM", "vc.test"),
-            ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
-            ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
-            ("VC_DRAIN_SECS", "0"),
-        ],
-    )
-    .await
+    start_relay_with(&[]).await
+}
+
+async fn start_relay_with(extra: &[(&str, &str)]) -> Result<vc_tests::Running> {
+    let mut env = vec![
+        ("VC_TICKET_SECRET", SECRET),
+        ("VC_TURN__LISTEN", "127.0.0.1:0"),
+        // Both relayed addresses of the call are 127.0.0.1:port.
+        ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
+        ("VC_TURN__REALM", "vc.test"),
+        ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
+        ("VC_DRAIN_SECS", "0"),
+        ("VC_TURN__TLS_LISTEN", "127.0.0.1:0"),
+        ("VC_QUIC__LISTEN", ""),
+    ];
+    env.extend_from_slice(extra);
+    vc_tests::start("vc-relay", &[], &env).await
 }
 
 /// Runs the browser call against `turn_url`; returns the parsed report (whatever it says).
 async fn browser_call(turn_url: &str, username: &str, credential: &str) -> Result<Value> {
+    browser_call_with(turn_url, username, credential, &[]).await
+}
+
+/// [`browser_call`] with extra Chromium flags.
+async fn browser_call_with(
+    turn_url: &str,
+    username: &str,
+    credential: &str,
+    flags: &[&str],
+) -> Result<Value> {
     let script = kit_dir().join("turn-call.mjs");
     let child = Command::new("node")
         .arg(&script)
+        .args(flags.iter().map(|f| format!("--flag={f}")))
         .args(["--turn", turn_url, "--username", username])
         .args(["--credential", credential])
         .args(["--min-frames", &MIN_FRAMES.to_string()])
@@ -204,4 +219,42 @@ async fn chromium_relay_only_call_over_udp() -> Result<()> {
 #[tokio::test]
 async fn chromium_relay_only_call_over_tcp() -> Result<()> {
     relay_only_call("tcp").await
+}
+
+/// TURN over TLS on the single TLS port: `turns:localhost:<port>` (a DNS name, since Chromium
+/// sends SNI only for host names), the relay's test certificate accepted with
+/// `--ignore-certificate-errors`. The port is the one `wss://` signaling uses too.
+#[tokio::test]
+async fn chromium_relay_only_call_over_turns_on_the_single_port() -> Result<()> {
+    check_prerequisites().await?;
+    let dir = tempfile::tempdir()?;
+    let cert = vc_tests::certs::TestCert::generate()?;
+    let (c, k) = cert.write(dir.path())?;
+    let (c, k) = (c.display().to_string(), k.display().to_string());
+    let relay = start_relay_with(&[
+        ("VC_TLS__CERT_FILE", &c),
+        ("VC_TLS__KEY_FILE", &k),
+        ("VC_TLS__SINGLE_PORT_LISTEN", "127.0.0.1:0"),
+    ])
+    .await?;
+    let port = relay
+        .addr("single-port")
+        .rsplit_once(':')
+        .context("host:port")?
+        .1
+        .to_owned();
+    let turn_url = format!("turns:localhost:{port}?transport=tcp");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let key = TicketKey::new(&Secret::new(SECRET));
+    let (username, credential) = key.turn_credentials("turn-browser-test", now, 600);
+    let report = browser_call_with(
+        &turn_url,
+        &username,
+        &credential,
+        &["--ignore-certificate-errors"],
+    )
+    .await?;
+    assert_relayed_call(&report, "tls", &turn_url);
+    drop(relay);
+    Ok(())
 }

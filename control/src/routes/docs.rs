@@ -97,6 +97,8 @@ pub struct TurnTicketDoc {
 pub struct SignalingTicketDoc {
     pub url: String,
     pub token: String,
+    /// Camera tickets only, when `relay.quic_url` is set: `quic://host:port`.
+    pub quic_url: Option<String>,
 }
 
 /// `shared::api::PresenceReport`.
@@ -330,6 +332,7 @@ mod tests {
         let signaling = shared::api::SignalingTicket {
             url: "u".into(),
             token: "t".into(),
+            quic_url: Some("quic://q:4433".into()),
         };
         assert_eq!(props(&doc, "TurnTicket"), keys(&turn));
         assert_eq!(props(&doc, "SignalingTicket"), keys(&signaling));

@@ -85,6 +85,9 @@ pub async fn ticket(
             signaling: SignalingTicket {
                 url: ctx.config.relay.signaling_url.clone(),
                 token,
+                // Only cameras hold the persistent link QUIC is for; viewers stay on WebSocket.
+                quic_url: (role == Role::Camera && !ctx.config.relay.quic_url.is_empty())
+                    .then(|| ctx.config.relay.quic_url.clone()),
             },
         },
     ))

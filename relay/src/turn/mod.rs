@@ -98,6 +98,13 @@ pub struct TurnConfig {
     /// SOFTWARE attribute in authenticated responses (empty: none). Never in unauthenticated
     /// answers, which are kept as small as possible.
     pub software: String,
+    /// Trusted L4 load balancers (CIDRs, e.g. `10.0.0.0/8`) whose TCP and TLS connections
+    /// must start with a PROXY protocol v2 header naming the real client (`crate::proxy`).
+    /// Empty: off. Others are served as usual (their header is refused as non-STUN/TLS).
+    pub proxy_protocol_from: Vec<String>,
+    /// Largest PROXY v2 header accepted, bytes (address block and TLVs included); it must
+    /// arrive within `tcp_first_message_timeout`.
+    pub proxy_protocol_max_bytes: usize,
 }
 
 impl Default for TurnConfig {
@@ -137,6 +144,8 @@ impl Default for TurnConfig {
             threads: 0,
             socket_buffer: 4 << 20,
             software: concat!("vc-relay ", env!("CARGO_PKG_VERSION")).into(),
+            proxy_protocol_from: Vec::new(),
+            proxy_protocol_max_bytes: 512,
         }
     }
 }

@@ -54,6 +54,7 @@ pub struct TurnService {
     shared: Arc<Shared>,
     pool: Arc<PortPool>,
     limits: tcp::TcpLimits,
+    proxy: Arc<crate::proxy::ProxyPolicy>,
     stop: Arc<AtomicBool>,
     draining: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -142,6 +143,14 @@ impl TurnService {
             );
         }
         let (draining, draining_rx) = watch::channel(false);
+        let proxy = Arc::new(
+            crate::proxy::ProxyPolicy::parse(
+                &cfg.proxy_protocol_from,
+                cfg.proxy_protocol_max_bytes,
+                std::time::Duration::from_secs(cfg.tcp_first_message_timeout.max(1)),
+            )
+            .map_err(|e| Error::Config(format!("turn.proxy_protocol_from: {e}")))?,
+        );
         let tcp_addr = match tcp {
             Some(l) => {
                 let addr = l.local_addr()?;
@@ -154,6 +163,7 @@ impl TurnService {
                     tcp::TcpLimits::from_config(cfg),
                     draining_rx,
                     None,
+                    proxy.clone(),
                 ));
                 Some(addr)
             }
@@ -165,6 +175,7 @@ impl TurnService {
             shared,
             pool,
             limits: tcp::TcpLimits::from_config(cfg),
+            proxy,
             stop,
             draining,
             workers,
@@ -212,6 +223,7 @@ impl TurnService {
             self.limits,
             self.draining.subscribe(),
             Some(acceptor),
+            self.proxy.clone(),
         ));
     }
 

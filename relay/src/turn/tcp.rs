@@ -161,27 +161,53 @@ pub async fn serve(
     limits: TcpLimits,
     mut draining: watch::Receiver<bool>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    proxy: Arc<crate::proxy::ProxyPolicy>,
 ) {
-    let admit = Admit::new(limits);
+    let admit = Arc::new(Admit::new(limits));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = draining.wait_for(|d| *d) => break,
         };
-        let Ok((stream, peer)) = accepted else {
+        let Ok((mut stream, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        // Over a limit: the connection is closed at once.
-        let Some(admitted) = admit.admit(peer.ip()) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let pool = pool.clone();
         let tls = tls.clone();
+        let trusted = proxy.trusts(peer.ip());
+        // Untrusted sources are admitted here, before a task exists for them.
+        let early = if trusted {
+            None
+        } else {
+            // Over a limit: the connection is closed at once.
+            let Some(admitted) = admit.admit(peer.ip()) else {
+                continue;
+            };
+            Some(admitted)
+        };
+        let (admit, proxy) = (admit.clone(), proxy.clone());
         tokio::spawn(async move {
             let opened = Instant::now();
+            // From a trusted balancer: the PROXY v2 header names the client, whose address is
+            // then the one admitted, mapped, counted and logged.
+            let (peer, admitted) = match early {
+                Some(a) => (peer, a),
+                None => match crate::proxy::read_header(&mut stream, peer, &proxy).await {
+                    Ok(client) => match admit.admit(client.ip()) {
+                        Some(a) => (client, a),
+                        None => return,
+                    },
+                    Err(e) => {
+                        tracing::debug!(balancer = %peer, error = %e, "PROXY header refused");
+                        metrics::counter!("vc_relay_turn_tcp_rejected_total", "reason" => "proxy_header")
+                            .increment(1);
+                        return;
+                    }
+                },
+            };
             match tls {
                 None => run_admitted(stream, peer, shared, pool, limits, opened, admitted).await,
                 Some(acceptor) => {
