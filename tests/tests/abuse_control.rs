@@ -444,3 +444,126 @@ async fn refused_attempts_do_not_count_against_the_client() -> Result<()> {
     c.running.terminate().await?;
     Ok(())
 }
+
+/// Issue 11 #8: a stranger who activates a camera's uid (read off its label) into their own
+/// account first blocks nobody and learns nothing: the real owner's activation succeeds with
+/// the same answer shape as for a never-seen uid, and the stranger's entry affects no one
+/// else. A reset camera presenting its old registration's secret moves to the new account:
+/// the old entry is gone and its secret refused; a uid alone moves nothing.
+async fn uid_squatting(db: Db) -> Result<()> {
+    let c = start_control(db, &[]).await?;
+    let mallory = c.user("mallory@example.com").await?;
+    let alice = c.user("alice@example.com").await?;
+    let bob = c.user("bob@example.com").await?;
+
+    // Mallory squats CAM-LABEL before its owner activates it.
+    let ob = c.onboard(&mallory, "squat").await?;
+    let (s, v) = activate_with(
+        &c,
+        ob["device_token"].as_str().context("t")?,
+        "CAM-LABEL",
+        None,
+    )
+    .await?;
+    ensure!(s == StatusCode::OK, "squat {s} {v}");
+    let squat_id = v["device_id"].as_str().context("id")?.to_owned();
+    let squat_secret = v["device_secret"].as_str().context("secret")?.to_owned();
+
+    // Alice activates the real camera, and a never-seen uid: same status, same fields.
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        k.sort();
+        k
+    };
+    let ob = c.onboard(&alice, "Hall").await?;
+    let (s1, taken) = activate_with(
+        &c,
+        ob["device_token"].as_str().context("t")?,
+        "CAM-LABEL",
+        None,
+    )
+    .await?;
+    let ob2 = c.onboard(&alice, "Porch").await?;
+    let (s2, fresh) = activate_with(
+        &c,
+        ob2["device_token"].as_str().context("t")?,
+        "CAM-NEVER-SEEN",
+        None,
+    )
+    .await?;
+    ensure!(
+        s1 == StatusCode::OK && s2 == StatusCode::OK,
+        "{s1} {taken} / {s2} {fresh}"
+    );
+    ensure!(
+        keys(&taken) == keys(&fresh),
+        "answers differ: {taken} vs {fresh}"
+    );
+    let alice_id = taken["device_id"].as_str().context("id")?.to_owned();
+    let alice_secret = taken["device_secret"]
+        .as_str()
+        .context("secret")?
+        .to_owned();
+    ensure!(camera_ticket(&c, &alice_id, &alice_secret).await? == StatusCode::OK);
+    // Mallory's entry is still only Mallory's, and her secret does not move Alice's camera:
+    // presenting it while activating into Bob's account leaves Alice's registration alone.
+    let ob = c.onboard(&bob, "not a transfer").await?;
+    let (s, v) = activate_with(
+        &c,
+        ob["device_token"].as_str().context("t")?,
+        "CAM-LABEL",
+        Some(&squat_secret),
+    )
+    .await?;
+    ensure!(s == StatusCode::OK, "{s} {v}");
+    ensure!(
+        camera_ticket(&c, &alice_id, &alice_secret).await? == StatusCode::OK,
+        "alice's camera was moved by a secret that is not its own"
+    );
+    // That secret did prove Mallory's own entry, which moved to Bob.
+    let moved = camera_ticket(&c, &squat_id, &squat_secret).await?;
+    ensure!(
+        moved == StatusCode::UNAUTHORIZED || moved == StatusCode::NOT_FOUND,
+        "{moved}"
+    );
+
+    // The real camera is reset and onboarded by Bob; it presents its old secret: transferred.
+    let ob = c.onboard(&bob, "Bob's hall").await?;
+    let (s, v) = activate_with(
+        &c,
+        ob["device_token"].as_str().context("t")?,
+        "CAM-LABEL",
+        Some(&alice_secret),
+    )
+    .await?;
+    ensure!(s == StatusCode::OK, "transfer {s} {v}");
+    let bob_id = v["device_id"].as_str().context("id")?.to_owned();
+    let bob_secret = v["device_secret"].as_str().context("secret")?.to_owned();
+    ensure!(camera_ticket(&c, &bob_id, &bob_secret).await? == StatusCode::OK);
+    let old = camera_ticket(&c, &alice_id, &alice_secret).await?;
+    ensure!(
+        old == StatusCode::UNAUTHORIZED || old == StatusCode::NOT_FOUND,
+        "old registration still works: {old}"
+    );
+    let (_, list) = c.get("/api/camera/devices", Some(&alice)).await?;
+    ensure!(
+        list.as_array()
+            .is_some_and(|a| a.iter().all(|d| d["id"] != alice_id.as_str())),
+        "alice still lists the moved camera: {list}"
+    );
+    c.running.terminate().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_uid_squatting_blocks_nobody() -> Result<()> {
+    uid_squatting(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_uid_squatting_blocks_nobody() -> Result<()> {
+    uid_squatting(Db::Postgres).await
+}

@@ -66,6 +66,13 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
 /// used (a camera whose answer got lost). Otherwise anyone holding the QR code could
 /// replace the real camera's secret until the token expires. If the same owner had
 /// registered this camera before, that older registration is replaced.
+///
+/// `device_uid` is unique per owner only: another account's registration of the same uid
+/// neither blocks this activation nor shows in its answer (a uid is a claim anyone can make).
+/// A first activation that presents the `device_secret` of an activated registration of the
+/// same uid in another account proves it is that camera, reset and moved: the older
+/// registration is deleted, its relay connection closed and its tickets refused (audited as
+/// `device_transferred`).
 #[utoipa::path(post, path = "/api/camera/activate", tag = "onboarding",
     request_body = super::docs::ActivateRequestDoc,
     responses(
@@ -73,7 +80,7 @@ pub fn routes(ctx: &Ctx) -> BoxedFilter<(Response,)> {
         (status = 400, description = "Malformed JSON", body = super::docs::ErrorBodyDoc),
         (status = 401, description = "A retry presented the wrong device_secret (`invalid_device_credentials`)", body = super::docs::ErrorBodyDoc),
         (status = 404, description = "Unknown token (`unknown_token`)", body = super::docs::ErrorBodyDoc),
-        (status = 409, description = "`model_mismatch`, `device_uid_conflict` (camera registered to another account), or `activation_locked` (a retry after the retry window, or after the secret was used, without the device_secret)", body = super::docs::ErrorBodyDoc),
+        (status = 409, description = "`model_mismatch`, or `activation_locked` (a retry after the retry window, or after the secret was used, without the device_secret)", body = super::docs::ErrorBodyDoc),
         (status = 410, description = "`token_expired`, or `token_used` by another camera", body = super::docs::ErrorBodyDoc),
         (status = 422, description = "Invalid device_uid or local_ip", body = super::docs::ErrorBodyDoc),
     ))]
@@ -132,7 +139,7 @@ async fn activate_inner(ctx: &Ctx, body: Result<Bytes, ApiError>) -> Result<Resp
         Err(e) if is_unique_violation(&e) => {
             let mut tx = ctx.db.begin_write().await?;
             // The same owner re-onboarding a camera (after a reset) replaces its old
-            // registration; another owner's stays and this activation is refused.
+            // registration (the index is per owner, so only the same owner collides).
             sqlx::query(
                 "DELETE FROM devices WHERE device_uid = $1 AND token_hash <> $2 \
                  AND owner_id = (SELECT owner_id FROM devices WHERE token_hash = $2)",
@@ -146,10 +153,11 @@ async fn activate_inner(ctx: &Ctx, body: Result<Bytes, ApiError>) -> Result<Resp
                     tx.commit().await?;
                     id
                 }
+                // Only a concurrent re-registration by the same owner can collide now.
                 Err(e) if is_unique_violation(&e) => {
                     return Err(ApiError::conflict(
-                        "device_uid_conflict",
-                        "this camera is registered to another account",
+                        "activation_conflict",
+                        "this account registered the camera concurrently; retry",
                     ))
                 }
                 Err(e) => return Err(e.into()),
@@ -168,6 +176,9 @@ async fn activate_inner(ctx: &Ctx, body: Result<Bytes, ApiError>) -> Result<Resp
         return Err(classify_failure(ctx, &attempt).await);
     };
     let device_id = Uuid::parse_str(&id).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let (Some(Some(old_secret)), None) = (&presented, &update.proven_hash) {
+        transfer(ctx, device_id, uid.as_str(), old_secret).await?;
+    }
     // Nobody waiting is fine.
     let _ = ctx.activations.send(device_id);
     Ok(json_response(
@@ -226,6 +237,59 @@ impl ActivationUpdate<'_> {
         .await?;
         row.map(|r| r.try_get::<String, _>("id")).transpose()
     }
+}
+
+/// Transfer on reset: deletes and revokes the other accounts' activated registrations of
+/// `uid` whose secret `old_secret` is (compared in constant time), now that `new_device`
+/// holds the camera. A registration whose secret was not presented is left alone: without
+/// it, a uid proves nothing.
+async fn transfer(
+    ctx: &Ctx,
+    new_device: Uuid,
+    uid: &str,
+    old_secret: &DeviceSecret,
+) -> Result<(), ApiError> {
+    let new_id = new_device.to_string();
+    let rows = sqlx::query(
+        "SELECT id, owner_id, secret_hash FROM devices WHERE device_uid = $1 AND id <> $2 \
+         AND activated_at IS NOT NULL AND secret_hash IS NOT NULL \
+         AND owner_id <> (SELECT owner_id FROM devices WHERE id = $2)",
+    )
+    .bind(uid)
+    .bind(&new_id)
+    .fetch_all(&ctx.db.pool)
+    .await?;
+    for row in rows {
+        let hash: String = row.try_get("secret_hash")?;
+        if !old_secret.matches(&hash) {
+            continue;
+        }
+        let old_id: String = row.try_get("id")?;
+        let old_owner: String = row.try_get("owner_id")?;
+        let old = Uuid::parse_str(&old_id).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut tx = ctx.db.begin_write().await?;
+        sqlx::query("DELETE FROM devices WHERE id = $1 AND secret_hash = $2")
+            .bind(&old_id)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await?;
+        let now = u64::try_from(super::now_ms()).unwrap_or(0);
+        crate::presence::revoke(&mut tx, crate::presence::Revoke::Device(old), now).await?;
+        crate::audit::record(
+            &mut *tx,
+            crate::audit::Record {
+                actor: None,
+                action: crate::audit::Action::DeviceTransferred,
+                target: Some(&old_id),
+                client_ip: None,
+                detail: serde_json::json!({ "to_device": new_id, "from_owner": old_owner }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(from = %old, to = %new_device, "camera transferred to another account on reset");
+    }
+    Ok(())
 }
 
 fn unknown_token() -> ApiError {
