@@ -24,6 +24,18 @@ pub struct Limit {
     pub window_secs: u64,
 }
 
+/// The outcome of [`Limiter::try_reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    Admitted,
+    Refused {
+        /// Seconds until the window ends.
+        retry_after: u64,
+        /// The bucket's first refusal in this window.
+        first_in_window: bool,
+    },
+}
+
 /// Counters in the database.
 #[derive(Debug, Clone)]
 pub struct Limiter {
@@ -39,6 +51,22 @@ impl Limiter {
     /// `limit.max` in the current window (the refused attempt is counted too, which only
     /// matters until the window ends: windows are fixed, never extended).
     pub async fn reserve(&self, bucket: &str, limit: Limit, now: i64) -> Result<(), ApiError> {
+        match self.try_reserve(bucket, limit, now).await? {
+            Reservation::Admitted => Ok(()),
+            Reservation::Refused { retry_after, .. } => Err(ApiError::RateLimited(retry_after)),
+        }
+    }
+
+    /// [`Limiter::reserve`], telling a refusal that is the bucket's first in this window
+    /// apart (exactly one per bucket and window: counts are consecutive, and
+    /// [`Limiter::release`] never brings a refused bucket back under its limit), so callers
+    /// can record the event once instead of once per refused attempt.
+    pub async fn try_reserve(
+        &self,
+        bucket: &str,
+        limit: Limit,
+        now: i64,
+    ) -> Result<Reservation, ApiError> {
         let window = i64::try_from(limit.window_secs.max(1)).unwrap_or(i64::MAX);
         // Both engines evaluate the SET expressions against the old row, and the upsert
         // holds the row lock (Postgres) / the write lock (SQLite) until it returns, so
@@ -60,17 +88,25 @@ impl Limiter {
         let start: i64 = row.try_get("window_start")?;
         if hits > i64::from(limit.max) {
             let left = start.saturating_add(window).saturating_sub(now).max(1);
-            return Err(ApiError::RateLimited(left as u64));
+            return Ok(Reservation::Refused {
+                retry_after: left as u64,
+                first_in_window: hits == i64::from(limit.max) + 1,
+            });
         }
-        Ok(())
+        Ok(Reservation::Admitted)
     }
 
-    /// Gives back one reserved attempt (the attempt succeeded, so it is not a failure).
-    pub async fn release(&self, bucket: &str) -> Result<(), ApiError> {
-        sqlx::query("UPDATE rate_limits SET hits = hits - 1 WHERE bucket = $1 AND hits > 0")
-            .bind(bucket)
-            .execute(&self.db.pool)
-            .await?;
+    /// Gives back one reserved attempt (the attempt succeeded, so it is not a failure),
+    /// unless the bucket is already over `limit`: a refused window stays refused, and its
+    /// first refusal stays the only one.
+    pub async fn release(&self, bucket: &str, limit: Limit) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE rate_limits SET hits = hits - 1 WHERE bucket = $1 AND hits > 0 AND hits <= $2",
+        )
+        .bind(bucket)
+        .bind(i64::from(limit.max))
+        .execute(&self.db.pool)
+        .await?;
         Ok(())
     }
 
@@ -260,7 +296,7 @@ mod tests {
             window_secs: 60,
         };
         l.reserve("b", limit, 1_000).await.unwrap();
-        l.release("b").await.unwrap();
+        l.release("b", limit).await.unwrap();
         l.reserve("b", limit, 1_001).await.unwrap();
         assert!(l.reserve("b", limit, 1_002).await.is_err());
         l.reserve("c", limit, 1_050).await.unwrap();
@@ -272,6 +308,47 @@ mod tests {
         assert_eq!(l.prune(1_110, 60).await.unwrap(), 1);
         // A pruned bucket starts afresh.
         l.reserve("b", limit, 1_110).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_first_refusal_per_window_even_with_releases() {
+        let (l, _dir) = limiter().await;
+        let limit = Limit {
+            max: 1,
+            window_secs: 60,
+        };
+        let refused = |first_in_window| Reservation::Refused {
+            retry_after: 60,
+            first_in_window,
+        };
+        assert_eq!(
+            l.try_reserve("b", limit, 1_000).await.unwrap(),
+            Reservation::Admitted
+        );
+        assert_eq!(
+            l.try_reserve("b", limit, 1_000).await.unwrap(),
+            refused(true)
+        );
+        // The admitted attempt succeeds late: giving it back must not re-arm the first
+        // refusal (an audit record per refusal would follow).
+        l.release("b", limit).await.unwrap();
+        assert_eq!(
+            l.try_reserve("b", limit, 1_000).await.unwrap(),
+            refused(false)
+        );
+        assert_eq!(
+            l.try_reserve("b", limit, 1_000).await.unwrap(),
+            refused(false)
+        );
+        // A new window has its own first refusal.
+        assert_eq!(
+            l.try_reserve("b", limit, 1_060).await.unwrap(),
+            Reservation::Admitted
+        );
+        assert_eq!(
+            l.try_reserve("b", limit, 1_060).await.unwrap(),
+            refused(true)
+        );
     }
 
     #[test]

@@ -87,6 +87,9 @@ fuzz_target!(|data: &[u8]| {
         .handle_input(now, Via::Listener, client, &alloc)
         .map(|_| SocketAddr::from(([8, 8, 4, 4], 1001)))
         .unwrap_or(SocketAddr::from(([8, 8, 4, 4], 1001)));
+    // The point of this target: if signing ever stops authenticating, fail at once rather
+    // than fuzz the 401 path for hours.
+    assert_eq!(s.allocation_count(), 1, "the signed Allocate did not authenticate");
     let mut rest = data.get(1..).unwrap_or_default();
     while rest.len() >= 2 {
         let (op, n) = (rest[0], (rest[1] as usize).min(rest.len() - 2));

@@ -13,6 +13,8 @@
 //!   other sessions, logout revokes the token, deleting the account removes its cameras; the
 //!   audit log (paged newest first) holds each action with actor, target and client address,
 //!   and no email of the deleted account, password, device secret or JWT.
+//! * `login_limit_audited_once_sqlite`: a flood of wrong passwords past the login limit leaves
+//!   one `login_limited` record for the account and client, not one per refused attempt.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -742,4 +744,48 @@ async fn account_self_service_sqlite() -> Result<()> {
 #[tokio::test]
 async fn account_self_service_postgres() -> Result<()> {
     account_self_service(Db::Postgres).await
+}
+
+/// Many refused logins, one audit record: the first refusal of the window is recorded, the
+/// rest (and another window's worth for another account) add nothing beyond their own one.
+#[tokio::test]
+async fn login_limit_audited_once_sqlite() -> Result<()> {
+    let c = Control::start(Db::Sqlite, SECRET, &[("VC_LOGIN_MAX_FAILURES", "3")]).await?;
+    let admin = c.admin(ADMIN_EMAIL, ADMIN_PASSWORD).await?;
+    c.user("victim@example.com").await?;
+    let mut refused = 0;
+    for i in 0..20 {
+        let (s, _) = c.login("victim@example.com", &format!("guess-{i}")).await?;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+        }
+    }
+    ensure!(
+        refused == 17,
+        "{refused} of 20 refused, want 17 past a limit of 3"
+    );
+    let victim = user_id(&all_users(&c, &admin).await?, "victim@example.com")?;
+    let log = audit(&c, &admin).await?;
+    let limited: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["action"] == "login_limited")
+        .collect();
+    ensure!(
+        limited.len() == 1,
+        "want one login_limited, got {limited:?}"
+    );
+    let e = entry(&log, "login_limited", &victim, None)?;
+    ensure!(
+        e["client_ip"] == "127.0.0.1",
+        "client_ip {}",
+        e["client_ip"]
+    );
+    ensure!(
+        e["detail"]["limit"] == "account_client",
+        "detail {}",
+        e["detail"]
+    );
+    ensure!(e["actor_id"].is_null(), "actor {}", e["actor_id"]);
+    no_secrets(&log, &["victim@example.com", "guess-"])?;
+    Ok(())
 }

@@ -2,12 +2,19 @@
 //! SIGKILL mid-flight and started again on the same database and port, while vc-relay keeps
 //! running. Committed data survives; presence changes that happened while vc-control was down
 //! are delivered once it is back (the relay retries with backoff, nobody restarts it).
+//! And a kill in the middle of concurrent onboarding/activation traffic leaves every answered
+//! request in place and no row half written (the database is checked with its own client).
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::json;
 use shared::signaling::ServerMessage;
+use vc_tests::control::USER_PASSWORD;
 use vc_tests::signaling_client::{recv, Ws, STEP};
 use vc_tests::stack::{start_relay, Control, Db};
 
@@ -93,4 +100,246 @@ async fn sqlite_survives_kill_9() -> Result<()> {
 #[tokio::test]
 async fn postgres_survives_kill_9() -> Result<()> {
     durability(Db::Postgres).await
+}
+
+/// What the load client was told (2xx answers) and what it sent without hearing back.
+#[derive(Default)]
+struct Ledger {
+    /// Registered (201) accounts.
+    users: Vec<String>,
+    /// Onboarded (201) claims: device id -> owner email.
+    claims: HashMap<uuid::Uuid, String>,
+    /// Every secret a 2xx activation returned, per device, oldest first.
+    secrets: HashMap<uuid::Uuid, Vec<String>>,
+    /// Per account, onboard requests sent that got no answer (one may have committed).
+    claims_in_flight: HashMap<String, usize>,
+    /// Devices with an activation sent that got no answer (its secret may have replaced
+    /// the last one we know, and we never learnt it).
+    activations_in_flight: HashSet<uuid::Uuid>,
+}
+
+/// One load task: accounts, each with cameras onboarded, activated, retried with the proven
+/// secret (a new secret replaces the old), listed and ticketed, until vc-control dies.
+async fn flows(c: Arc<Control>, ledger: Arc<Mutex<Ledger>>, task: usize) {
+    for n in 0.. {
+        let email = format!("load-{task}-{n}@example.com");
+        let creds = json!({"email": email, "password": USER_PASSWORD});
+        match c.post("/api/register", None, creds.clone()).await {
+            Ok((s, _)) if s == StatusCode::CREATED => {
+                ledger.lock().unwrap().users.push(email.clone())
+            }
+            _ => return,
+        }
+        let jwt = match c.post("/api/login", None, creds).await {
+            Ok((s, v)) if s.is_success() => {
+                v["access_token"].as_str().unwrap_or_default().to_owned()
+            }
+            _ => return,
+        };
+        for cam in 0..4 {
+            let uid = format!("LOAD-{task}-{n}-{cam}");
+            *ledger
+                .lock()
+                .unwrap()
+                .claims_in_flight
+                .entry(email.clone())
+                .or_default() += 1;
+            let ob = match c.onboard(&jwt, &uid).await {
+                Ok(ob) => ob,
+                Err(_) => return,
+            };
+            let Ok(dev) = serde_json::from_value::<uuid::Uuid>(ob["device_id"].clone()) else {
+                return;
+            };
+            {
+                let mut l = ledger.lock().unwrap();
+                *l.claims_in_flight.entry(email.clone()).or_default() -= 1;
+                l.claims.insert(dev, email.clone());
+            }
+            let token = ob["device_token"].as_str().unwrap_or_default().to_owned();
+            let mut presented: Option<String> = None;
+            for _attempt in 0..2 {
+                ledger.lock().unwrap().activations_in_flight.insert(dev);
+                let mut body = json!({"device_token": token, "device_uid": uid,
+                                      "camera_model": "CP_PLUS_WIFI_V2"});
+                if let Some(s) = &presented {
+                    body["device_secret"] = json!(s);
+                }
+                let secret = match c.post("/api/camera/activate", None, body).await {
+                    Ok((s, v)) if s == StatusCode::OK => {
+                        v["device_secret"].as_str().unwrap_or_default().to_owned()
+                    }
+                    _ => return,
+                };
+                {
+                    let mut l = ledger.lock().unwrap();
+                    l.activations_in_flight.remove(&dev);
+                    l.secrets.entry(dev).or_default().push(secret.clone());
+                }
+                presented = Some(secret);
+            }
+            if c.devices(&jwt).await.is_err() {
+                return;
+            }
+            if c.camera_ticket(dev, presented.as_deref().unwrap_or_default())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether the relay-ticket route accepts `secret` for `device` (200), refuses it (401), or
+/// something else went wrong.
+async fn secret_works(c: &Control, device: uuid::Uuid, secret: &str) -> Result<bool> {
+    let (s, v) = c
+        .post(
+            "/api/relay/ticket",
+            None,
+            json!({"device_id": device, "device_secret": secret}),
+        )
+        .await?;
+    match s {
+        StatusCode::OK => Ok(true),
+        StatusCode::UNAUTHORIZED => Ok(false),
+        _ => bail!("ticket for {device}: {s} {v}"),
+    }
+}
+
+/// Many concurrent onboarding/activation flows, vc-control SIGKILLed in the middle of them,
+/// restarted on the same database: everything answered 2xx is there, no row is half
+/// written, and each device has exactly one working secret, the last one it was given.
+async fn kill_mid_traffic(db: Db) -> Result<()> {
+    const TASKS: usize = 16;
+    let env = [
+        ("VC_RELAY__SIGNALING_URL", "ws://relay.test/ws"),
+        ("VC_REGISTER_MAX_PER_CLIENT", "100000"),
+    ];
+    let first = Arc::new(Control::start(db, SECRET, &env).await?);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| tokio::spawn(flows(first.clone(), ledger.clone(), t)))
+        .collect();
+    // Kill once a good amount of traffic has been answered, whatever the machine's speed.
+    let t0 = Instant::now();
+    while ledger.lock().unwrap().secrets.len() < 60 && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = first.running.child.id().context("pid")?;
+    let status = tokio::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "kill -9 {pid}");
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(35), t).await??;
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    let in_flight_activations = ledger.activations_in_flight.len();
+    eprintln!(
+        "killed after {:?}: {} accounts, {} claims, {} activated devices answered; \
+         {in_flight_activations} activations unanswered",
+        t0.elapsed(),
+        ledger.users.len(),
+        ledger.claims.len(),
+        ledger.secrets.len(),
+    );
+    anyhow::ensure!(
+        !ledger.secrets.is_empty(),
+        "no activation answered before the kill"
+    );
+
+    let second = Control::start_on(&first.db_url, SECRET, &env).await?;
+    // No half-written rows: every device has an owner; pending means no camera, secret or
+    // activation time, and anything activated has all three.
+    let orphans = second
+        .sql("SELECT count(*) FROM devices d LEFT JOIN users u ON u.id = d.owner_id WHERE u.id IS NULL")
+        .await?;
+    anyhow::ensure!(orphans == "0", "{orphans} devices without an owner");
+    let torn = second
+        .sql(
+            "SELECT id, status FROM devices WHERE NOT (\
+             (status = 'pending' AND device_uid IS NULL AND secret_hash IS NULL AND activated_at IS NULL) \
+             OR (status IN ('offline', 'online') AND device_uid IS NOT NULL \
+                 AND secret_hash IS NOT NULL AND activated_at IS NOT NULL))",
+        )
+        .await?;
+    anyhow::ensure!(torn.is_empty(), "devices in inconsistent states: {torn}");
+    let users: HashMap<String, String> = second
+        .sql("SELECT email, id FROM users")
+        .await?
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(e, i)| (e.to_owned(), i.to_owned()))
+        .collect();
+    let devices: HashMap<String, (String, String)> = second
+        .sql("SELECT id, owner_id, status FROM devices")
+        .await?
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split('|');
+            Some((
+                p.next()?.to_owned(),
+                (p.next()?.to_owned(), p.next()?.to_owned()),
+            ))
+        })
+        .collect();
+
+    // Every 2xx is there: accounts (and they log in), claims with their owner, activations.
+    for email in &ledger.users {
+        anyhow::ensure!(users.contains_key(email), "registered {email} is gone");
+    }
+    for (dev, email) in &ledger.claims {
+        let (owner, status) = devices
+            .get(&dev.to_string())
+            .with_context(|| format!("claim {dev} of {email} is gone"))?;
+        anyhow::ensure!(users.get(email) == Some(owner), "claim {dev} changed owner");
+        if ledger.secrets.contains_key(dev) {
+            anyhow::ensure!(status != "pending", "activated {dev} is pending again");
+        }
+    }
+    // No claims beyond the answered ones and the ones still in flight.
+    for (email, id) in &users {
+        let stored = devices.values().filter(|(o, _)| o == id).count();
+        let answered = ledger.claims.values().filter(|e| *e == email).count();
+        let in_flight = ledger.claims_in_flight.get(email).copied().unwrap_or(0);
+        anyhow::ensure!(
+            answered <= stored && stored <= answered + in_flight,
+            "{email}: {stored} claims stored, {answered} answered, {in_flight} in flight"
+        );
+    }
+    let jwt = second.jwt(&ledger.users[0], USER_PASSWORD).await?;
+    second.devices(&jwt).await?;
+
+    // One secret per device: of the secrets it was given, only the last can work, and it
+    // does unless an unanswered activation replaced it.
+    for (dev, secrets) in &ledger.secrets {
+        let (last, older) = secrets.split_last().context("no secret")?;
+        for s in older {
+            anyhow::ensure!(
+                !secret_works(&second, *dev, s).await?,
+                "{dev}: a superseded secret works"
+            );
+        }
+        let works = secret_works(&second, *dev, last).await?;
+        if !ledger.activations_in_flight.contains(dev) {
+            anyhow::ensure!(
+                works,
+                "{dev}: the secret of its last 2xx activation does not work"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_kill_9_mid_onboarding() -> Result<()> {
+    kill_mid_traffic(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_kill_9_mid_onboarding() -> Result<()> {
+    kill_mid_traffic(Db::Postgres).await
 }

@@ -113,7 +113,7 @@ async fn check_password(ctx: &Ctx, me: &Principal, password: String) -> Result<(
             "wrong password",
         ));
     }
-    ctx.limiter.release(&bucket).await
+    ctx.limiter.release(&bucket, limit).await
 }
 
 /// Changes the caller's password and ends every other session; answers a fresh JWT for

@@ -16,10 +16,11 @@ use super::{
     body, client_ip, instrument, json_response, now_secs, parse_json, respond, rfc3339, with_ctx,
     Ctx,
 };
+use crate::audit::{self, Action, Record};
 use crate::db::is_unique_violation;
 use crate::domain::{Email, Password};
 use crate::error::ApiError;
-use crate::limiter::{client_key, email_key, Limit};
+use crate::limiter::{client_key, email_key, Limit, Reservation};
 
 /// Registration and login body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -171,8 +172,8 @@ pub async fn login(
         }
     };
     // A correct password is no failure: give the reservations back.
-    for bucket in &buckets {
-        ctx.limiter.release(bucket).await?;
+    for (bucket, limit) in &buckets {
+        ctx.limiter.release(bucket, *limit).await?;
     }
     let row = row.ok_or_else(invalid)?;
     // Told only to someone who knows the password.
@@ -207,39 +208,85 @@ pub async fn login(
 /// email), before the password is verified, so concurrent guesses cannot all slip in
 /// before the first failure is recorded. Returns the buckets reserved, for the release
 /// on success. Stops at the first full bucket, so attempts refused for one client do not
-/// eat the account's budget, and gives back what it had reserved before it.
-async fn reserve_login(ctx: &Ctx, email: &str, ip: IpAddr) -> Result<Vec<String>, ApiError> {
+/// eat the account's budget, and gives back what it had reserved before it. A bucket's
+/// first refusal in a window goes in the audit log (once: a flood of refused attempts
+/// cannot fill the table).
+async fn reserve_login(
+    ctx: &Ctx,
+    email: &str,
+    ip: IpAddr,
+) -> Result<Vec<(String, Limit)>, ApiError> {
     let client = client_key(ip);
-    let email = email_key(email);
+    let email_bucket = email_key(email);
     let window_secs = ctx.config.login_window_secs;
     let limits = [
         (
             format!("login:client:{client}"),
             ctx.config.login_client_max_failures,
+            "client",
         ),
         (
-            format!("login:pair:{email}|{client}"),
+            format!("login:pair:{email_bucket}|{client}"),
             ctx.config.login_max_failures,
+            "account_client",
         ),
         (
-            format!("login:account:{email}"),
+            format!("login:account:{email_bucket}"),
             ctx.config.login_account_max_failures,
+            "account",
         ),
     ];
     let now = now_secs();
-    let mut reserved: Vec<String> = Vec::with_capacity(limits.len());
-    for (bucket, max) in limits {
+    let mut reserved: Vec<(String, Limit)> = Vec::with_capacity(limits.len());
+    for (bucket, max, kind) in limits {
         let limit = Limit { max, window_secs };
-        if let Err(refused) = ctx.limiter.reserve(&bucket, limit, now).await {
-            // The attempt never reaches the password check, so it is no failure for the
-            // buckets before: a client refused for one locked account keeps its budget
-            // for the others.
-            for earlier in &reserved {
-                ctx.limiter.release(earlier).await?;
-            }
-            return Err(refused);
+        let Reservation::Refused {
+            retry_after,
+            first_in_window,
+        } = ctx.limiter.try_reserve(&bucket, limit, now).await?
+        else {
+            reserved.push((bucket, limit));
+            continue;
+        };
+        // The attempt never reaches the password check, so it is no failure for the
+        // buckets before: a client refused for one locked account keeps its budget
+        // for the others.
+        for (earlier, limit) in &reserved {
+            ctx.limiter.release(earlier, *limit).await?;
         }
-        reserved.push(bucket);
+        if first_in_window {
+            record_limited(ctx, email, ip, kind).await;
+        }
+        return Err(ApiError::RateLimited(retry_after));
     }
     Ok(reserved)
+}
+
+/// Audits that logins hit the `kind` limit. The account is named by its id (when the email
+/// belongs to one), never by the email. A failure to write it is logged: the refusal stands.
+async fn record_limited(ctx: &Ctx, email: &str, ip: IpAddr, kind: &str) {
+    let write = async {
+        let target: Option<String> = if kind == "client" {
+            None
+        } else {
+            sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+                .bind(email)
+                .fetch_optional(&ctx.db.pool)
+                .await?
+        };
+        audit::record(
+            &ctx.db.pool,
+            Record {
+                actor: None,
+                action: Action::LoginLimited,
+                target: target.as_deref(),
+                client_ip: Some(ip),
+                detail: serde_json::json!({ "limit": kind }),
+            },
+        )
+        .await
+    };
+    if let Err(e) = write.await {
+        tracing::warn!(error = %e, "could not audit a login limit");
+    }
 }
