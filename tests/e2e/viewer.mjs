@@ -230,7 +230,75 @@ async function main() {
     facts.recovered = summary(back);
     check('camera restarted: video recovers without a reload', back.local.candidateType === 'relay', facts.recoverMs);
 
-    // 10. Delete the camera from the list ----------------------------------------------------
+    // 10. Sharing (issue 12): a second account, in its own browser context, watches the shared
+    // camera; the owner revokes; the invitee's player stops within 2 s, the owner's plays on.
+    const api = async (method, path, token, body) => {
+      const r = await fetch(`${BASE}${path}`, {
+        method,
+        headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+        body: body ? JSON.stringify(body) : undefined,
+      });
+      const text = await r.text();
+      return { status: r.status, body: text ? JSON.parse(text) : null };
+    };
+    const ownerToken = await page.evaluate(() => localStorage.getItem('vc.token'));
+    const inviteeEmail = `invitee-${Date.now()}-${Math.floor(Math.random() * 1e6)}@example.com`;
+    const reg = await api('POST', '/api/register', null, { email: inviteeEmail, password });
+    check('share: invitee account registered', reg.status === 201, reg);
+    const shared = await api('POST', `/api/camera/devices/${deviceId}/shares`, ownerToken,
+      { email: inviteeEmail, role: 'viewer' });
+    check('share: owner invited the second account', shared.status === 202 && !!shared.body?.share?.id, shared);
+    // Its own browser profile: nothing (storage, cookies) is shared with the owner's.
+    const invitee = await launch({
+      flags: ['--autoplay-policy=no-user-gesture-required'],
+      deadlineMs: Number(args['deadline-ms']),
+      viewport: { width: 1200, height: 760 },
+      onConsole: (t) => log(`invitee console: ${t}`),
+    });
+    try {
+      const page2 = invitee.page;
+      page2.on('pageerror', (e) => {
+        facts.pageErrors = (facts.pageErrors || 0) + 1;
+        log(`invitee page error: ${e.message}`);
+      });
+      page2.setDefaultTimeout(30_000);
+      await page2.goto(`${BASE}/`);
+      await page2.waitForSelector('form #email');
+      await page2.fill('#email', inviteeEmail);
+      await page2.fill('#password', password);
+      await page2.click('#submit');
+      const card2 = await page2.waitForSelector(`#camera-list article[data-device-id="${deviceId}"]`);
+      check('share: invitee lists the camera marked shared',
+        !!(await card2.$('[data-marker="shared"]')), await card2.textContent());
+      await card2.$('a[data-action="watch"]').then((a) => a.click());
+      await page2.waitForSelector('#relay-only');
+      const inv = await waitStats(page2, 'invitee video',
+        (s) => s.state === 'playing' && s.local && s.framesDecoded >= MIN_FRAMES, 45_000);
+      facts.invitee = summary(inv);
+      check('share: invitee plays the shared camera', inv.framesDecoded >= MIN_FRAMES, facts.invitee);
+      await page2.screenshot({ path: join(ARTIFACTS, 'player-invitee.png') });
+
+      const tRevoke = Date.now();
+      const revoked = await api('DELETE', `/api/camera/devices/${deviceId}/shares/${shared.body.share.id}`, ownerToken);
+      check('share: owner revoked it', revoked.status === 204 || revoked.status === 200, revoked.status);
+      // Stopped: no longer playing (the relay closed its session; its tickets are refused).
+      const after = await waitStats(page2, 'invitee player after the revocation',
+        (s) => s.state !== 'playing' && s.state !== 'stalled', 10_000);
+      facts.revokeStopMs = Date.now() - tRevoke;
+      check('share revoked: invitee player stops within 2 s', facts.revokeStopMs <= 2000,
+        { ms: facts.revokeStopMs, state: after.state });
+      // It does not come back: its next ticket request is refused (the camera is not its own).
+      const refused = await waitStats(page2, 'invitee refused a new ticket', (s) => s.state === 'error', 10_000);
+      check('share revoked: the invitee gets no new ticket', refused.state === 'error', refused.state);
+      await page2.screenshot({ path: join(ARTIFACTS, 'player-invitee-revoked.png') });
+      const owner = await waitStats(page, 'owner video after the revocation',
+        (s) => s.state === 'playing' && s.framesDecoded > back.framesDecoded, 10_000);
+      check('share revoked: the owner keeps watching', owner.state === 'playing', summary(owner));
+    } finally {
+      await invitee.close();
+    }
+
+    // 11. Delete the camera from the list ----------------------------------------------------
     await page.click('nav a[data-route="cameras"]');
     const del = `#camera-list article[data-device-id="${deviceId}"] button[data-action="delete"]`;
     await page.click(del);

@@ -1,7 +1,9 @@
 //! End-to-end proof of issue 6: the viewer web app served by the real `vc-control`, driven in
 //! headless Chromium (`tests/e2e/viewer.mjs` on the `tests/browser` kit), watching a real
 //! `vc-camera` through the real `vc-relay`: relay-only (relay/relay pair through vc-relay) and
-//! direct, camera killed -> "camera offline", camera restarted -> recovers.
+//! direct, camera killed -> "camera offline", camera restarted -> recovers; then (issue 12) a
+//! second account in its own Chromium profile watches the camera the owner shared with it, and
+//! when the owner revokes the share its player stops within 2 s while the owner's plays on.
 //!
 //! This test owns every process: the Node script asks for camera actions with `STEP` lines on
 //! its stdout and gets `OK`/`ERR` on its stdin. Screenshots land in `tests/e2e/artifacts/`.
@@ -192,6 +194,10 @@ async fn walk_through() -> Result<()> {
         "direct: no relay on the selected pair",
         "camera killed: page says \"Camera offline\"",
         "camera restarted: video recovers without a reload",
+        "share: invitee plays the shared camera",
+        "share revoked: invitee player stops within 2 s",
+        "share revoked: the owner keeps watching",
+        "share revoked: the invitee gets no new ticket",
     ] {
         ensure!(passed.contains(&must), "check {must:?} missing: {passed:?}");
     }
