@@ -114,7 +114,7 @@ where
 
 fn report(db: &str, name: &str, o: &Outcome) {
     println!(
-        "{db:<8} {name:<14} {:>9.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ok {:>7}   errors {}",
+        "| {db} | {name} | {:.0} | {:.2} | {:.2} | {} | {} |",
         o.ok as f64 / o.elapsed.as_secs_f64(),
         o.hist.value_at_quantile(0.5) as f64 / 1000.0,
         o.hist.value_at_quantile(0.99) as f64 / 1000.0,
@@ -249,9 +249,11 @@ async fn bench_db(db: &str, opts: &Opts) -> Result<()> {
 async fn main() -> Result<()> {
     let opts = parse_args()?;
     println!(
-        "control_load: {} s per operation, {} concurrent clients",
+        "\n## control API: {} s per operation, {} concurrent clients\n",
         opts.seconds, opts.concurrency
     );
+    println!("| db | operation | req/s | p50 ms | p99 ms | ok | errors |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for db in &opts.dbs {
         bench_db(db, &opts).await?;
     }
