@@ -196,7 +196,9 @@ async fn bench_db(db: &str, opts: &Opts) -> Result<()> {
             .await?
             .json()
             .await?;
-        let tok = v["device_token"].as_str().context("token")?;
+        let tok = v["device_token"]
+            .as_str()
+            .with_context(|| format!("onboard answered {v}"))?;
         let a: Value = http
             .post(format!("{base}/api/camera/activate"))
             .json(&json!({"device_token": tok, "device_uid": format!("LISTER-{i}"), "camera_model": "CP_PLUS_WIFI_V2"}))
