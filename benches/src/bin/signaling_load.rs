@@ -110,7 +110,7 @@ struct Relay {
 
 impl Relay {
     /// Starts one; `cluster` = `(node id, NATS URL)` makes it a cluster node.
-    async fn start(path: &PathBuf, cluster: Option<(&str, &str)>) -> Result<Self> {
+    async fn start(path: &std::path::Path, cluster: Option<(&str, &str)>) -> Result<Self> {
         let mut env = vec![
             ("VC_TICKET_SECRET", SECRET),
             ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
