@@ -65,8 +65,8 @@ fn args() -> Result<Args> {
         secs: 600,
         turn_rate: 20.0,
         turn_workers: 8,
-        flood_rate: 2000,
-        flood_sources: 256,
+        flood_rate: 4000,
+        flood_sources: 128,
         cameras_per_sec: 10.0,
         hold_ms: 2000,
         settle_secs: 5,
@@ -579,6 +579,16 @@ async fn run(a: Args) -> Result<bool> {
     );
     println!(
         "| allocations created / deleted / expired (metrics) | {created} / {deleted} / {expired} |"
+    );
+    let flood_seen = [
+        "vc_relay_turn_auth_failures_total",
+        "vc_relay_turn_malformed_dropped_total",
+        "vc_relay_turn_unauth_limited_dropped_total",
+    ]
+    .map(|n| metric(&text, n).map_or("-".to_owned(), |v| v.to_string()));
+    println!(
+        "| flood as the relay saw it: auth failures / malformed dropped / unauth rate-limited dropped (metrics) | {} |",
+        flood_seen.join(" / ")
     );
     println!("| `vc_relay_turn_allocations_active` at end | {active} |");
     println!("| `vc_relay_signaling_connections` at end | {sig} |");
