@@ -1,6 +1,9 @@
 //! Load drivers live in `src/bin/` (one binary per workload); see `benches/README.md`.
-//! Shared here: starting the real vc-control from the same target dir.
+//! Shared here: starting the real vc-control and vc-relay from the same target dir, and reading
+//! a process's RSS, CPU time and open fds from `/proc`.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -97,4 +100,95 @@ pub async fn user(http: &reqwest::Client, base: &str, email: &str) -> Result<Str
         .json()
         .await?;
     Ok(v["access_token"].as_str().context("token")?.to_owned())
+}
+
+/// A started `vc-relay`: killed on drop.
+pub struct RelayProcess {
+    pub child: Child,
+    pub pid: u32,
+    /// `listening <name> <addr>` lines: name -> addr.
+    pub listening: HashMap<String, String>,
+}
+
+impl RelayProcess {
+    /// The address of listener `name` (`admin`, `turn-udp`, `signaling`, ...).
+    pub fn addr(&self, name: &str) -> Result<&str> {
+        self.listening
+            .get(name)
+            .map(String::as_str)
+            .with_context(|| format!("relay printed no {name} listener"))
+    }
+}
+
+/// Starts the `vc-relay` at `path` with `env` (VC_* overrides) and waits for `ready`.
+pub async fn start_relay(path: &Path, env: &[(&str, &str)]) -> Result<RelayProcess> {
+    let mut child = Command::new(path)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawn {}", path.display()))?;
+    let pid = child.id().context("pid")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut listening = HashMap::new();
+    while let Some(line) = lines.next_line().await? {
+        if let Some((name, addr)) = line
+            .strip_prefix("listening ")
+            .and_then(|r| r.split_once(' '))
+        {
+            listening.insert(name.to_owned(), addr.to_owned());
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(RelayProcess {
+        child,
+        pid,
+        listening,
+    })
+}
+
+/// Resident set size of `pid`, KiB (0 if unreadable).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of `pid`, seconds.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) as f64 / hz
+}
+
+/// Open file descriptors of `pid` (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Raises this process's soft fd limit to the hard limit (load drivers hold many sockets).
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a struct passed by valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

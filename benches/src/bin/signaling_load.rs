@@ -91,20 +91,6 @@ fn args() -> Result<Args> {
     Ok(a)
 }
 
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a struct passed by valid pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 /// Which router a [`Relay`] is: vc-relay, or the Node.js reference (its own small protocol).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -124,45 +110,30 @@ struct Relay {
 
 impl Relay {
     /// Starts one; `cluster` = `(node id, NATS URL)` makes it a cluster node.
-    async fn start(path: &PathBuf, cluster: Option<(&str, &str)>) -> Result<Self> {
-        let mut cmd = Command::new(path);
-        if let Some((node, nats)) = cluster {
-            cmd.env("VC_CLUSTER__NODE_ID", node)
-                .env("VC_CLUSTER__NATS_URL", nats);
-        }
-        cmd.env("VC_TICKET_SECRET", SECRET)
-            .env("VC_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("VC_SIGNALING__LISTEN", "127.0.0.1:0")
-            .env("VC_SIGNALING__CONTROL_URL", "")
-            .env("VC_SIGNALING__RATE_PER_SEC", "1000000")
-            .env("VC_SIGNALING__RATE_BURST", "1000000")
-            .env("VC_SIGNALING__OUTBOUND_QUEUE", "4096")
+    async fn start(path: &std::path::Path, cluster: Option<(&str, &str)>) -> Result<Self> {
+        let mut env = vec![
+            ("VC_TICKET_SECRET", SECRET),
+            ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
+            ("VC_SIGNALING__CONTROL_URL", ""),
+            ("VC_SIGNALING__RATE_PER_SEC", "1000000"),
+            ("VC_SIGNALING__RATE_BURST", "1000000"),
+            ("VC_SIGNALING__OUTBOUND_QUEUE", "4096"),
             // Every load connection comes from 127.0.0.1.
-            .env("VC_SIGNALING__MAX_CONNECTIONS_PER_IP", "1000000")
-            .env("VC_TURN__LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", path.display()))?;
-        let pid = child.id().context("pid")?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let mut url = None;
-        while let Some(line) = lines.next_line().await? {
-            if let Some(addr) = line.strip_prefix("listening signaling ") {
-                url = Some(format!("ws://{addr}/ws"));
-            }
-            if line == "ready" {
-                break;
-            }
+            ("VC_SIGNALING__MAX_CONNECTIONS_PER_IP", "1000000"),
+            ("VC_TURN__LISTEN", "127.0.0.1:0"),
+            ("RUST_LOG", "warn"),
+        ];
+        if let Some((node, nats)) = cluster {
+            env.push(("VC_CLUSTER__NODE_ID", node));
+            env.push(("VC_CLUSTER__NATS_URL", nats));
         }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let p = vc_benches::start_relay(path, &env).await?;
+        let url = format!("ws://{}/ws", p.addr("signaling")?);
         Ok(Self {
-            child,
-            pid,
-            url: url.context("relay printed no signaling listener")?,
+            child: p.child,
+            pid: p.pid,
+            url,
             proto: Proto::VcRelay,
             _dir: None,
         })
@@ -235,25 +206,12 @@ impl Relay {
 
     /// Resident set size, KiB.
     fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        vc_benches::rss_kib(self.pid)
     }
 
     /// User + system CPU time, seconds.
     fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        (ticks(11) + ticks(12)) as f64 / hz
+        vc_benches::cpu_secs(self.pid)
     }
 }
 
@@ -676,7 +634,7 @@ async fn pairs(args: &Args, key: &TicketKey) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    raise_fd_limit();
+    vc_benches::raise_fd_limit();
     let args = args()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,635 @@
+//! Soak of vc-relay (issue 11): starts the release `vc-relay` (next to this binary, or
+//! `--relay PATH`) on loopback and, for `--secs` (default 600), drives at once:
+//!
+//! - **TURN allocation churn** over UDP at `--turn-rate` cycles/s from `--turn-workers` sources
+//!   (127.0.1.x): Allocate (401 challenge, then with long-term credentials minted as TURN REST
+//!   credentials from the ticket key), CreatePermission, Refresh, Refresh lifetime 0 (delete);
+//! - **an unauthenticated flood** of `--flood-rate` datagrams/s from `--flood-sources` sockets on
+//!   127.2.x.y: Allocate without credentials, Allocate with a made-up user and MAC, garbage;
+//! - **signaling churn**: `--cameras-per-sec` cameras connect with valid tokens, a viewer
+//!   connects to each (Connect -> Session), both hold `--hold-ms` and leave.
+//!
+//! Every 10 s it prints the relay's RSS, open fds and CPU; after the churn stops and a short
+//! settle it reads `/metrics` and prints the RSS slope after warm-up (least squares over the
+//! samples after the first minute or first third), fds before and after, and the allocation and
+//! signaling gauges. Exits non-zero if fds grew by more than `--fd-margin`, a gauge is not 0,
+//! the allocation counters do not add up, or no churn succeeded.
+//!
+//! ```sh
+//! cargo build --release -p relay -p vc-benches --bins
+//! target/release/soak            # 10 minutes; --secs 120 for a short run
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use relay::stun::address::decode_xor;
+use relay::stun::integrity::long_term_key;
+use relay::stun::{attr, errors, Class, Message, MessageBuilder, Method};
+use relay::turn::auth::hmac_sha1;
+use shared::signaling::{ClientMessage, ServerMessage};
+use shared::ticket::{unix_now, Role, TicketKey};
+use shared::Secret;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+use vc_benches::{cpu_secs, open_fds, rss_kib, start_relay};
+
+const SECRET: &str = "soak-ticket-secret-at-least-32-bytes-long";
+const REALM: &str = "vc.test";
+const SAMPLE: Duration = Duration::from_secs(10);
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Args {
+    relay: PathBuf,
+    secs: u64,
+    turn_rate: f64,
+    turn_workers: usize,
+    flood_rate: u64,
+    flood_sources: usize,
+    cameras_per_sec: f64,
+    hold_ms: u64,
+    settle_secs: u64,
+    fd_margin: usize,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        relay: std::env::current_exe()?.with_file_name("vc-relay"),
+        secs: 600,
+        turn_rate: 20.0,
+        turn_workers: 8,
+        flood_rate: 4000,
+        flood_sources: 128,
+        cameras_per_sec: 10.0,
+        hold_ms: 2000,
+        settle_secs: 5,
+        fd_margin: 8,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().with_context(|| format!("{k} needs a value"))?;
+        match k.as_str() {
+            "--relay" => a.relay = PathBuf::from(v),
+            "--secs" => a.secs = v.parse()?,
+            "--turn-rate" => a.turn_rate = v.parse()?,
+            "--turn-workers" => a.turn_workers = v.parse()?,
+            "--flood-rate" => a.flood_rate = v.parse()?,
+            "--flood-sources" => a.flood_sources = v.parse()?,
+            "--cameras-per-sec" => a.cameras_per_sec = v.parse()?,
+            "--hold-ms" => a.hold_ms = v.parse()?,
+            "--settle-secs" => a.settle_secs = v.parse()?,
+            "--fd-margin" => a.fd_margin = v.parse()?,
+            _ => bail!("unknown argument {k}"),
+        }
+    }
+    ensure!(
+        a.turn_workers > 0 && a.turn_workers < 250,
+        "1..250 TURN workers"
+    );
+    ensure!(
+        a.turn_rate > 0.0 && a.cameras_per_sec > 0.0,
+        "rates must be > 0"
+    );
+    Ok(a)
+}
+
+/// What the load did, for the report.
+#[derive(Default)]
+struct Counts {
+    turn_cycles: AtomicU64,
+    turn_failures: AtomicU64,
+    turn_retransmits: AtomicU64,
+    flood_sent: AtomicU64,
+    sig_sessions: AtomicU64,
+    sig_failures: AtomicU64,
+}
+
+/// Transaction ids: unique per process, no RNG needed.
+fn tid() -> [u8; 12] {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut t = [0u8; 12];
+    t[..8].copy_from_slice(&n.to_be_bytes());
+    t[8..].copy_from_slice(&std::process::id().to_be_bytes());
+    t
+}
+
+/// One TURN client over UDP with long-term credentials.
+struct TurnUdp {
+    sock: UdpSocket,
+    server: SocketAddr,
+    user: String,
+    key: [u8; 16],
+    nonce: Vec<u8>,
+    counts: Arc<Counts>,
+}
+
+impl TurnUdp {
+    /// Sends `req` (retransmitting up to 3 times, 1 s apart) and returns the answer to it.
+    async fn exchange(&self, req: &[u8], tid: &[u8; 12]) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; 1500];
+        for attempt in 0..4 {
+            if attempt > 0 {
+                self.counts.turn_retransmits.fetch_add(1, Ordering::Relaxed);
+            }
+            self.sock.send_to(req, self.server).await?;
+            let until = Instant::now() + Duration::from_secs(1);
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                let Ok(r) = tokio::time::timeout(left, self.sock.recv_from(&mut buf)).await else {
+                    break;
+                };
+                let (n, _) = r?;
+                if Message::parse(&buf[..n]).is_ok_and(|m| m.transaction_id() == tid) {
+                    return Ok(buf[..n].to_vec());
+                }
+            }
+        }
+        bail!("no answer after 4 sends")
+    }
+
+    /// An authenticated request (`attrs` first); on 438 takes the fresh nonce and retries once.
+    async fn request(
+        &mut self,
+        method: Method,
+        build: impl Fn(&mut MessageBuilder<'_>),
+    ) -> Result<Vec<u8>> {
+        for _ in 0..2 {
+            let t = tid();
+            let mut buf = Vec::new();
+            let mut b = MessageBuilder::new(&mut buf, Class::Request, method, &t);
+            build(&mut b);
+            if !self.nonce.is_empty() {
+                b.attr(attr::USERNAME, self.user.as_bytes());
+                b.attr(attr::REALM, REALM.as_bytes());
+                b.attr(attr::NONCE, &self.nonce);
+                b.integrity(hmac_sha1(&self.key));
+            }
+            b.fingerprint();
+            let raw = self.exchange(&buf, &t).await?;
+            let m = Message::parse(&raw)?;
+            let code = m
+                .attribute(attr::ERROR_CODE)
+                .and_then(errors::decode_error_code);
+            match (m.class(), code) {
+                (Class::Success, _) => return Ok(raw),
+                (_, Some(401 | 438)) => {
+                    self.nonce = m.attribute(attr::NONCE).context("no NONCE")?.to_vec();
+                }
+                (_, code) => bail!("{method:?} failed: {code:?}"),
+            }
+        }
+        bail!("{method:?}: refused with the relay's nonce")
+    }
+
+    /// Allocate (the first send has no credentials: 401), CreatePermission, Refresh, Refresh 0.
+    async fn cycle(&mut self) -> Result<()> {
+        self.nonce.clear();
+        let raw = self
+            .request(Method::Allocate, |b| {
+                b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            })
+            .await?;
+        let m = Message::parse(&raw)?;
+        decode_xor(
+            m.attribute(attr::XOR_RELAYED_ADDRESS)
+                .context("no relayed address")?,
+            m.transaction_id(),
+            attr::XOR_RELAYED_ADDRESS,
+        )?;
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        self.request(Method::CreatePermission, |b| {
+            b.xor_address(attr::XOR_PEER_ADDRESS, peer);
+        })
+        .await?;
+        self.request(Method::Refresh, |b| {
+            b.attr(attr::LIFETIME, &600u32.to_be_bytes());
+        })
+        .await?;
+        self.request(Method::Refresh, |b| {
+            b.attr(attr::LIFETIME, &0u32.to_be_bytes());
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Worker `w`: one cycle every `period` from 127.0.1.(w+1), a fresh socket (5-tuple) per cycle.
+async fn turn_worker(
+    w: usize,
+    server: SocketAddr,
+    key: TicketKey,
+    period: Duration,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+) {
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 1, w as u8 + 1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let (user, pass) = key.turn_credentials(&format!("soak{w}"), unix_now(), 3600);
+        let sock = match UdpSocket::bind((ip, 0)).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("bind {ip}: {e}");
+                counts.turn_failures.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let mut c = TurnUdp {
+            sock,
+            server,
+            key: long_term_key(user.as_bytes(), REALM.as_bytes(), pass.as_bytes()),
+            user,
+            nonce: Vec::new(),
+            counts: counts.clone(),
+        };
+        match c.cycle().await {
+            Ok(()) => counts.turn_cycles.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                eprintln!("turn worker {w}: {e:#}");
+                counts.turn_failures.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// Unauthenticated datagrams from `sources` sockets at `rate` per second, never read back.
+async fn flood(
+    server: SocketAddr,
+    sources: usize,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+) -> Result<()> {
+    let mut socks = Vec::with_capacity(sources);
+    for i in 0..sources {
+        let ip = Ipv4Addr::new(127, 2, (i / 250) as u8, (i % 250) as u8 + 1);
+        socks.push(UdpSocket::bind((ip, 0)).await?);
+    }
+    let (fake_user, fake_pass) = ("1:nobody", "wrong");
+    let fake_key = long_term_key(fake_user.as_bytes(), REALM.as_bytes(), fake_pass.as_bytes());
+    let per_tick = (rate / 100).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut n = 0u64;
+    let mut buf = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let t = tid();
+            match n % 3 {
+                0 => {
+                    let mut b = MessageBuilder::new(&mut buf, Class::Request, Method::Allocate, &t);
+                    b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                }
+                1 => {
+                    let mut b = MessageBuilder::new(&mut buf, Class::Request, Method::Allocate, &t);
+                    b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                    b.attr(attr::USERNAME, fake_user.as_bytes());
+                    b.attr(attr::REALM, REALM.as_bytes());
+                    b.attr(attr::NONCE, &[b'0'; 32]);
+                    b.integrity(hmac_sha1(&fake_key));
+                    b.fingerprint();
+                }
+                _ => {
+                    buf.clear();
+                    buf.extend((0..64u64).map(|i| (n.wrapping_mul(31).wrapping_add(i * 7)) as u8));
+                }
+            }
+            let s = &socks[(n as usize) % socks.len()];
+            // Full buffers or ICMP errors are part of a flood; keep going.
+            let _ = s.send_to(&buf, server).await;
+            n += 1;
+        }
+        counts.flood_sent.store(n, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+async fn connect(url: &str, token: &str) -> Result<Ws> {
+    let (mut ws, _) = match tokio_tungstenite::connect_async(format!("{url}?token={token}")).await {
+        Ok(c) => c,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => bail!(
+            "HTTP {}: {}",
+            r.status(),
+            String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    match next_msg(&mut ws).await? {
+        ServerMessage::Welcome { .. } => Ok(ws),
+        other => bail!("expected welcome, got {other:?}"),
+    }
+}
+
+async fn next_msg(ws: &mut Ws) -> Result<ServerMessage> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .context("no message within 5 s")?;
+        match m.context("closed")?? {
+            WsMessage::Text(t) => return Ok(serde_json::from_str(&t)?),
+            WsMessage::Close(f) => bail!("closed: {f:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Closes `ws` and reads until the relay's close (2 s at most).
+async fn leave(mut ws: Ws) {
+    let _ = ws.close(None).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// One camera with one viewer: connect both, open a session, hold, leave.
+async fn camera_visit(url: &str, key: &TicketKey, hold: Duration) -> Result<()> {
+    let dev = Uuid::new_v4();
+    let now = unix_now();
+    let (cam_tok, _) = key.mint_signaling(&dev.to_string(), Role::Camera, vec![dev], now, 600);
+    let mut cam = connect(url, &cam_tok).await?;
+    let (viewer_tok, _) = key.mint_signaling("soak-viewer", Role::Viewer, vec![dev], now, 600);
+    let mut viewer = connect(url, &viewer_tok).await?;
+    viewer
+        .send(WsMessage::text(serde_json::to_string(
+            &ClientMessage::Connect { device_id: dev },
+        )?))
+        .await?;
+    match next_msg(&mut viewer).await? {
+        ServerMessage::Session { .. } => {}
+        other => bail!("expected session, got {other:?}"),
+    }
+    // Hold both, reading whatever the relay sends (the camera hears of the session).
+    let _ = tokio::time::timeout(hold, async {
+        loop {
+            tokio::select! {
+                m = cam.next() => if !matches!(m, Some(Ok(_))) { break },
+                m = viewer.next() => if !matches!(m, Some(Ok(_))) { break },
+            }
+        }
+    })
+    .await;
+    leave(viewer).await;
+    leave(cam).await;
+    Ok(())
+}
+
+async fn signaling_churn(
+    url: String,
+    key: TicketKey,
+    per_sec: f64,
+    hold: Duration,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Counts>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_sec));
+    let mut visits = tokio::task::JoinSet::new();
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let (url, key, counts) = (url.clone(), key.clone(), counts.clone());
+        visits.spawn(async move {
+            match camera_visit(&url, &key, hold).await {
+                Ok(()) => counts.sig_sessions.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    eprintln!("signaling: {e:#}");
+                    counts.sig_failures.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        });
+        while visits.try_join_next().is_some() {}
+    }
+    while visits.join_next().await.is_some() {}
+}
+
+/// Sum of every series of `name` (all label sets) in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        *found.get_or_insert(0.0) += v;
+    }
+    found
+}
+
+/// Least-squares slope of `(x, y)` points.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+async fn run(a: Args) -> Result<bool> {
+    let relay = start_relay(
+        &a.relay,
+        &[
+            ("VC_TICKET_SECRET", SECRET),
+            ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("VC_DRAIN_SECS", "0"),
+            ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
+            ("VC_SIGNALING__CONTROL_URL", ""),
+            // Every signaling connection comes from 127.0.0.1.
+            ("VC_SIGNALING__MAX_CONNECTIONS_PER_IP", "100000"),
+            ("VC_TURN__LISTEN", "127.0.0.1:0"),
+            ("VC_TURN__RELAY_ADDRESS", "127.0.0.1"),
+            ("VC_TURN__REALM", REALM),
+            ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
+            ("RUST_LOG", "warn"),
+        ],
+    )
+    .await?;
+    let pid = relay.pid;
+    let turn: SocketAddr = relay.addr("turn-udp")?.parse()?;
+    let ws_url = format!("ws://{}/ws", relay.addr("signaling")?);
+    let metrics_url = format!("http://{}/metrics", relay.addr("admin")?);
+    let key = TicketKey::new(&Secret::new(SECRET));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fd_start = open_fds(pid);
+    let rss_start = rss_kib(pid);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let mut load = tokio::task::JoinSet::new();
+    let period = Duration::from_secs_f64(a.turn_workers as f64 / a.turn_rate);
+    for w in 0..a.turn_workers {
+        load.spawn(turn_worker(
+            w,
+            turn,
+            key.clone(),
+            period,
+            stop.clone(),
+            counts.clone(),
+        ));
+    }
+    let (s, c) = (stop.clone(), counts.clone());
+    let (sources, rate) = (a.flood_sources, a.flood_rate);
+    load.spawn(async move {
+        if let Err(e) = flood(turn, sources, rate, s, c).await {
+            eprintln!("flood: {e:#}");
+        }
+    });
+    load.spawn(signaling_churn(
+        ws_url,
+        key.clone(),
+        a.cameras_per_sec,
+        Duration::from_millis(a.hold_ms),
+        stop.clone(),
+        counts.clone(),
+    ));
+
+    println!(
+        "soak: {} s; TURN {} cycles/s from {} sources, flood {} datagrams/s from {} sources, \
+         {} cameras/s (+1 viewer each, held {} ms); relay pid {pid}, {rss_start} KiB, {fd_start} fds\n",
+        a.secs, a.turn_rate, a.turn_workers, a.flood_rate, a.flood_sources, a.cameras_per_sec,
+        a.hold_ms
+    );
+    println!("| t s | RSS KiB | open fds | relay CPU % | TURN cycles | TURN failures | flood sent | sessions | signaling failures |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let t0 = Instant::now();
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let mut cpu0 = cpu_secs(pid);
+    let mut next = t0 + SAMPLE;
+    let end = t0 + Duration::from_secs(a.secs);
+    while next <= end {
+        tokio::time::sleep_until(next.into()).await;
+        let t = t0.elapsed().as_secs_f64();
+        let rss = rss_kib(pid);
+        let cpu = cpu_secs(pid);
+        let ld = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        println!(
+            "| {t:.0} | {rss} | {} | {:.1} | {} | {} | {} | {} | {} |",
+            open_fds(pid),
+            (cpu - cpu0) / SAMPLE.as_secs_f64() * 100.0,
+            ld(&counts.turn_cycles),
+            ld(&counts.turn_failures),
+            ld(&counts.flood_sent),
+            ld(&counts.sig_sessions),
+            ld(&counts.sig_failures),
+        );
+        cpu0 = cpu;
+        samples.push((t, rss as f64));
+        next += SAMPLE;
+    }
+    tokio::time::sleep_until(end.into()).await;
+    stop.store(true, Ordering::Relaxed);
+    while load.join_next().await.is_some() {}
+    // The allocations gauge is updated every second; closes need a moment to be noticed.
+    tokio::time::sleep(Duration::from_secs(a.settle_secs)).await;
+
+    let fd_end = open_fds(pid);
+    let rss_end = rss_kib(pid);
+    let text = reqwest::get(&metrics_url).await?.text().await?;
+    let m = |name: &str| metric(&text, name).unwrap_or(f64::NAN);
+    let active = m("vc_relay_turn_allocations_active");
+    let created = m("vc_relay_turn_allocations_created_total");
+    let deleted = m("vc_relay_turn_allocations_deleted_total");
+    let expired = m("vc_relay_turn_allocations_expired_total");
+    let sig = m("vc_relay_signaling_connections");
+
+    let warm = (a.secs as f64 / 3.0).min(60.0);
+    let after: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|p| p.0 > warm)
+        .map(|p| (p.0 / 60.0, p.1))
+        .collect();
+    let slope = slope(&after);
+    let ld = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    println!("\n| result | value |\n| --- | ---: |");
+    match slope {
+        Some(s) => println!(
+            "| RSS slope after {warm:.0} s warm-up ({} samples) | {s:+.1} KiB/min |",
+            after.len()
+        ),
+        None => println!("| RSS slope | too few samples after {warm:.0} s warm-up |"),
+    }
+    println!("| RSS start / end (after settle) | {rss_start} / {rss_end} KiB |");
+    println!("| open fds start / end (after settle) | {fd_start} / {fd_end} |");
+    println!(
+        "| TURN cycles ok / failed / retransmits | {} / {} / {} |",
+        ld(&counts.turn_cycles),
+        ld(&counts.turn_failures),
+        ld(&counts.turn_retransmits)
+    );
+    println!("| flood datagrams sent | {} |", ld(&counts.flood_sent));
+    println!(
+        "| signaling sessions ok / failed | {} / {} |",
+        ld(&counts.sig_sessions),
+        ld(&counts.sig_failures)
+    );
+    println!(
+        "| allocations created / deleted / expired (metrics) | {created} / {deleted} / {expired} |"
+    );
+    let flood_seen = [
+        "vc_relay_turn_auth_failures_total",
+        "vc_relay_turn_malformed_dropped_total",
+        "vc_relay_turn_unauth_limited_dropped_total",
+    ]
+    .map(|n| metric(&text, n).map_or("-".to_owned(), |v| v.to_string()));
+    println!(
+        "| flood as the relay saw it: auth failures / malformed dropped / unauth rate-limited dropped (metrics) | {} |",
+        flood_seen.join(" / ")
+    );
+    println!("| `vc_relay_turn_allocations_active` at end | {active} |");
+    println!("| `vc_relay_signaling_connections` at end | {sig} |");
+
+    let mut ok = true;
+    let mut check = |pass: bool, what: &str| {
+        if !pass {
+            println!("FAIL: {what}");
+            ok = false;
+        }
+    };
+    check(
+        fd_end <= fd_start + a.fd_margin,
+        "open fds grew by more than --fd-margin",
+    );
+    check(active == 0.0, "allocations active != 0 at the end");
+    check(sig == 0.0, "signaling connections != 0 at the end");
+    check(
+        created == deleted + expired + active,
+        "allocations created != deleted + expired + active",
+    );
+    check(ld(&counts.turn_cycles) > 0, "no TURN cycle succeeded");
+    check(
+        ld(&counts.sig_sessions) > 0,
+        "no signaling session succeeded",
+    );
+    if ok {
+        println!("\nsoak: ok");
+    }
+    drop(relay);
+    Ok(ok)
+}
+
+fn main() -> Result<()> {
+    vc_benches::raise_fd_limit();
+    let a = args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if !rt.block_on(run(a))? {
+        std::process::exit(1);
+    }
+    Ok(())
+}
