@@ -42,6 +42,9 @@ async fn start_relay_with(extra: &[(&str, &str)]) -> Result<Running> {
         ("VC_TURN__THREADS", "2"),
         ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
         ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
+        // With [tls] set the relay also listens for QUIC: never on the fixed default
+        // 0.0.0.0:4433, which another relay of a test running in parallel may hold.
+        ("VC_QUIC__LISTEN", "127.0.0.1:0"),
         ("VC_DRAIN_SECS", "0"),
     ];
     env.extend_from_slice(extra);
