@@ -44,29 +44,32 @@ bin="$root/target/release"
   echo "- runs: $reps per benchmark (medians, min-max in brackets)$( [ $quick = 1 ] && echo '; QUICK smoke run, not figures to quote')"
 } > "$report"
 
+# `repeated NAME TITLE CMD...`: CMD $reps times into $out/NAME-<i>.md, then one section of
+# medians in the report, headed with the load average taken before the first run.
+repeated() {
+  local name=$1 title=$2 at_start
+  shift 2
+  at_start=$(load)
+  echo "$name (load average $at_start)" >&2
+  local runs=()
+  for i in $(seq 1 "$reps"); do
+    "$@" > "$out/$name-$i.md"
+    runs+=("$out/$name-$i.md")
+  done
+  { echo; echo "## $title (load average at start $at_start)";
+    python3 "$root/benches/scripts/median_tables.py" "${runs[@]}"; } >> "$report"
+}
+
 if want signaling; then
-  echo "signaling (load average $(load))" >&2
   if [ $quick = 1 ]; then sargs=(--idle 1000 --pairs 100 --rates 20000 --secs 2)
   else sargs=(--idle 1000,10000 --pairs 100,1000 --rates 20000,50000 --secs 5); fi
-  runs=()
-  for i in $(seq 1 "$reps"); do
-    "$bin/signaling_load" "${sargs[@]}" --baseline "$kit/signaling-baseline" > "$out/signaling-$i.md"
-    runs+=("$out/signaling-$i.md")
-  done
-  { echo; echo "## Signaling: vc-relay vs the Node.js ws reference router (load average at start $(load))";
-    python3 "$root/benches/scripts/median_tables.py" "${runs[@]}"; } >> "$report"
+  repeated signaling "Signaling: vc-relay vs the Node.js ws reference router" \
+    "$bin/signaling_load" "${sargs[@]}" --baseline "$kit/signaling-baseline"
 fi
 
 if want control; then
-  echo "control API (load average $(load))" >&2
   secs=$([ $quick = 1 ] && echo 2 || echo 5)
-  runs=()
-  for i in $(seq 1 "$reps"); do
-    "$bin/control_load" --db both --seconds "$secs" --concurrency 32 > "$out/control-$i.md"
-    runs+=("$out/control-$i.md")
-  done
-  { echo; echo "## Control API (load average at start $(load))";
-    python3 "$root/benches/scripts/median_tables.py" "${runs[@]}"; } >> "$report"
+  repeated control "Control API" "$bin/control_load" --db both --seconds "$secs" --concurrency 32
 fi
 
 if want turn; then
