@@ -5,7 +5,13 @@
 //!   (127.0.1.x): Allocate (401 challenge, then with long-term credentials minted as TURN REST
 //!   credentials from the ticket key), CreatePermission, Refresh, Refresh lifetime 0 (delete);
 //! - **an unauthenticated flood** of `--flood-rate` datagrams/s from `--flood-sources` sockets on
-//!   127.2.x.y: Allocate without credentials, Allocate with a made-up user and MAC, garbage;
+//!   127.2.x.y, five kinds in turn: Allocate without credentials, Allocate with a made-up user,
+//!   MAC and nonce (the relay answers 438 before looking at the user), garbage, and Allocates
+//!   with a *real* nonce (each source first asks for one: Allocate without credentials -> 401)
+//!   signed for a valid TURN REST username with a wrong password, or for an unknown (expired)
+//!   user, which reach MESSAGE-INTEGRITY verification. Every source reads back what the relay
+//!   answers, counted per kind and error code; the total must stay within the relay's
+//!   per-source budget for unauthenticated answers;
 //! - **signaling churn**: `--cameras-per-sec` cameras connect with valid tokens, a viewer
 //!   connects to each (Connect -> Session), both hold `--hold-ms` and leave.
 //!
@@ -13,7 +19,8 @@
 //! settle it reads `/metrics` and prints the RSS slope after warm-up (least squares over the
 //! samples after the first minute or first third), fds before and after, and the allocation and
 //! signaling gauges. Exits non-zero if fds grew by more than `--fd-margin`, a gauge is not 0,
-//! the allocation counters do not add up, or no churn succeeded.
+//! the allocation counters do not add up, no churn succeeded, the flood got more answers than
+//! the per-source budget allows, or the real-nonce Allocates were not refused as bad credentials.
 //!
 //! ```sh
 //! cargo build --release -p relay -p vc-benches --bins
@@ -23,7 +30,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -44,6 +51,10 @@ use vc_benches::{cpu_secs, open_fds, rss_kib, start_relay};
 const SECRET: &str = "soak-ticket-secret-at-least-32-bytes-long";
 const REALM: &str = "vc.test";
 const SAMPLE: Duration = Duration::from_secs(10);
+/// The relay's budget of unauthenticated answers per source (set explicitly, so the check on
+/// what the flood reads back does not depend on the relay's defaults).
+const UNAUTH_RATE: u64 = 10;
+const UNAUTH_BURST: u64 = 20;
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Args {
@@ -107,9 +118,33 @@ struct Counts {
     turn_failures: AtomicU64,
     turn_retransmits: AtomicU64,
     flood_sent: AtomicU64,
+    /// Per flood kind: datagrams sent.
+    flood_kind_sent: [AtomicU64; FLOOD_KINDS],
+    /// Per flood kind and answer (`ANSWERS`): what the flood read back.
+    flood_answers: [[AtomicU64; ANSWERS.len()]; FLOOD_KINDS],
+    /// Answers to the flood's nonce requests (before the flood starts).
+    flood_nonce_answers: AtomicU64,
+    /// From the first nonce request to the readers' end: the window the budget applies to.
+    flood_window_ms: AtomicU64,
     sig_sessions: AtomicU64,
     sig_failures: AtomicU64,
 }
+
+/// The flood's kinds, in the order they take turns (index = kind, also tagged in the
+/// transaction id so an answer can be counted against its request).
+const FLOOD_KIND_NAMES: [&str; FLOOD_KINDS] = [
+    "Allocate, no credentials",
+    "Allocate, made-up user, MAC and nonce",
+    "64 bytes of garbage",
+    "Allocate, REST user, wrong password, real nonce",
+    "Allocate, unknown user, real nonce",
+];
+const FLOOD_KINDS: usize = 5;
+const GARBAGE: usize = 2;
+const WRONG_PASSWORD: usize = 3;
+const UNKNOWN_USER: usize = 4;
+/// Error codes the flood's answers are counted by; the last slot is anything else.
+const ANSWERS: [Option<u16>; 5] = [Some(400), Some(401), Some(438), Some(420), None];
 
 /// Transaction ids: unique per process, no RNG needed.
 fn tid() -> [u8; 12] {
@@ -119,6 +154,69 @@ fn tid() -> [u8; 12] {
     t[..8].copy_from_slice(&n.to_be_bytes());
     t[8..].copy_from_slice(&std::process::id().to_be_bytes());
     t
+}
+
+/// Long-term credentials a request is signed with: username, the relay's nonce, key.
+struct Creds<'a> {
+    user: &'a str,
+    nonce: &'a [u8],
+    key: &'a [u8; 16],
+}
+
+/// A request of `method` with `attrs` written by `build`, signed with `creds` if any, with
+/// FINGERPRINT. The one place requests are signed: the churn and the flood both use it.
+fn request_bytes(
+    method: Method,
+    t: &[u8; 12],
+    creds: Option<Creds<'_>>,
+    build: impl FnOnce(&mut MessageBuilder<'_>),
+) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut b = MessageBuilder::new(&mut buf, Class::Request, method, t);
+    build(&mut b);
+    if let Some(c) = creds {
+        b.attr(attr::USERNAME, c.user.as_bytes());
+        b.attr(attr::REALM, REALM.as_bytes());
+        b.attr(attr::NONCE, c.nonce);
+        b.integrity(hmac_sha1(c.key));
+    }
+    b.fingerprint();
+    buf
+}
+
+/// Sends `req` from `sock` (retransmitting up to 3 times, 1 s apart, each counted in
+/// `retransmits`) and returns the answer to it.
+async fn exchange(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    req: &[u8],
+    tid: &[u8; 12],
+    retransmits: &AtomicU64,
+) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; 1500];
+    for attempt in 0..4 {
+        if attempt > 0 {
+            retransmits.fetch_add(1, Ordering::Relaxed);
+        }
+        sock.send_to(req, server).await?;
+        let until = Instant::now() + Duration::from_secs(1);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(r) = tokio::time::timeout(left, sock.recv_from(&mut buf)).await else {
+                break;
+            };
+            let (n, _) = r?;
+            if Message::parse(&buf[..n]).is_ok_and(|m| m.transaction_id() == tid) {
+                return Ok(buf[..n].to_vec());
+            }
+        }
+    }
+    bail!("no answer after 4 sends")
+}
+
+fn error_code(m: &Message<'_>) -> Option<u16> {
+    m.attribute(attr::ERROR_CODE)
+        .and_then(errors::decode_error_code)
 }
 
 /// One TURN client over UDP with long-term credentials.
@@ -132,30 +230,8 @@ struct TurnUdp {
 }
 
 impl TurnUdp {
-    /// Sends `req` (retransmitting up to 3 times, 1 s apart) and returns the answer to it.
-    async fn exchange(&self, req: &[u8], tid: &[u8; 12]) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; 1500];
-        for attempt in 0..4 {
-            if attempt > 0 {
-                self.counts.turn_retransmits.fetch_add(1, Ordering::Relaxed);
-            }
-            self.sock.send_to(req, self.server).await?;
-            let until = Instant::now() + Duration::from_secs(1);
-            loop {
-                let left = until.saturating_duration_since(Instant::now());
-                let Ok(r) = tokio::time::timeout(left, self.sock.recv_from(&mut buf)).await else {
-                    break;
-                };
-                let (n, _) = r?;
-                if Message::parse(&buf[..n]).is_ok_and(|m| m.transaction_id() == tid) {
-                    return Ok(buf[..n].to_vec());
-                }
-            }
-        }
-        bail!("no answer after 4 sends")
-    }
-
-    /// An authenticated request (`attrs` first); on 438 takes the fresh nonce and retries once.
+    /// An authenticated request (`attrs` first); on 401/438 takes the fresh nonce and retries
+    /// once (the first request of a 5-tuple has no nonce yet, so it goes unsigned).
     async fn request(
         &mut self,
         method: Method,
@@ -163,22 +239,22 @@ impl TurnUdp {
     ) -> Result<Vec<u8>> {
         for _ in 0..2 {
             let t = tid();
-            let mut buf = Vec::new();
-            let mut b = MessageBuilder::new(&mut buf, Class::Request, method, &t);
-            build(&mut b);
-            if !self.nonce.is_empty() {
-                b.attr(attr::USERNAME, self.user.as_bytes());
-                b.attr(attr::REALM, REALM.as_bytes());
-                b.attr(attr::NONCE, &self.nonce);
-                b.integrity(hmac_sha1(&self.key));
-            }
-            b.fingerprint();
-            let raw = self.exchange(&buf, &t).await?;
+            let creds = (!self.nonce.is_empty()).then_some(Creds {
+                user: &self.user,
+                nonce: &self.nonce,
+                key: &self.key,
+            });
+            let req = request_bytes(method, &t, creds, &build);
+            let raw = exchange(
+                &self.sock,
+                self.server,
+                &req,
+                &t,
+                &self.counts.turn_retransmits,
+            )
+            .await?;
             let m = Message::parse(&raw)?;
-            let code = m
-                .attribute(attr::ERROR_CODE)
-                .and_then(errors::decode_error_code);
-            match (m.class(), code) {
+            match (m.class(), error_code(&m)) {
                 (Class::Success, _) => return Ok(raw),
                 (_, Some(401 | 438)) => {
                     self.nonce = m.attribute(attr::NONCE).context("no NONCE")?.to_vec();
@@ -262,55 +338,141 @@ async fn turn_worker(
     }
 }
 
-/// Unauthenticated datagrams from `sources` sockets at `rate` per second, never read back.
+/// What one flood source reads back: every answer counted by the kind its transaction id is
+/// tagged with and its error code; the nonce of any 401/438 becomes the source's nonce, so the
+/// real-nonce kinds stay past the nonce check for the whole run (nonces expire).
+async fn flood_reader(sock: Arc<UdpSocket>, nonce: Arc<Mutex<Vec<u8>>>, counts: Arc<Counts>) {
+    let mut buf = vec![0u8; 1500];
+    while let Ok((n, _)) = sock.recv_from(&mut buf).await {
+        let Ok(m) = Message::parse(&buf[..n]) else {
+            continue;
+        };
+        let kind = usize::from(m.transaction_id()[11]);
+        if kind >= FLOOD_KINDS {
+            continue;
+        }
+        let code = error_code(&m);
+        let slot = ANSWERS
+            .iter()
+            .position(|a| a.is_some() && *a == code)
+            .unwrap_or(ANSWERS.len() - 1);
+        counts.flood_answers[kind][slot].fetch_add(1, Ordering::Relaxed);
+        if let Some(fresh) = m.attribute(attr::NONCE) {
+            // The lock is held for a copy; readers and the sender never wait on each other long.
+            *nonce.lock().unwrap_or_else(|e| e.into_inner()) = fresh.to_vec();
+        }
+    }
+}
+
+/// Unauthenticated datagrams from `sources` sockets at `rate` per second, the kinds of
+/// `FLOOD_KIND_NAMES` in turn. Each source first gets a real nonce (401 to an Allocate without
+/// credentials); the answers are read back by `flood_reader`.
 async fn flood(
     server: SocketAddr,
+    key: TicketKey,
+    secs: u64,
     sources: usize,
     rate: u64,
     stop: Arc<AtomicBool>,
     counts: Arc<Counts>,
 ) -> Result<()> {
+    let t0 = Instant::now();
     let mut socks = Vec::with_capacity(sources);
+    let mut nonces = Vec::with_capacity(sources);
+    let mut readers = tokio::task::JoinSet::new();
+    let nonce_retransmits = AtomicU64::new(0);
     for i in 0..sources {
         let ip = Ipv4Addr::new(127, 2, (i / 250) as u8, (i % 250) as u8 + 1);
-        socks.push(UdpSocket::bind((ip, 0)).await?);
+        let sock = Arc::new(UdpSocket::bind((ip, 0)).await?);
+        let t = tid();
+        let req = request_bytes(Method::Allocate, &t, None, |b| {
+            b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        });
+        let raw = exchange(&sock, server, &req, &t, &nonce_retransmits).await?;
+        let m = Message::parse(&raw)?;
+        ensure!(
+            error_code(&m) == Some(401),
+            "nonce request from {ip} not answered 401"
+        );
+        counts.flood_nonce_answers.fetch_add(1, Ordering::Relaxed);
+        let nonce = Arc::new(Mutex::new(
+            m.attribute(attr::NONCE)
+                .context("401 without NONCE")?
+                .to_vec(),
+        ));
+        readers.spawn(flood_reader(sock.clone(), nonce.clone(), counts.clone()));
+        socks.push(sock);
+        nonces.push(nonce);
     }
-    let (fake_user, fake_pass) = ("1:nobody", "wrong");
-    let fake_key = long_term_key(fake_user.as_bytes(), REALM.as_bytes(), fake_pass.as_bytes());
+    // A valid TURN REST username (unexpired for the whole run) signed with the wrong password:
+    // the relay derives the real key and the MAC check fails. "1:nobody" is a ticket that
+    // expired in 1970: the relay finds no key for it.
+    let (rest_user, _) = key.turn_credentials("soak-flood", unix_now(), secs + 3600);
+    let rest_key = long_term_key(rest_user.as_bytes(), REALM.as_bytes(), b"wrong");
+    let unknown_user = "1:nobody";
+    let unknown_key = long_term_key(unknown_user.as_bytes(), REALM.as_bytes(), b"wrong");
+    let forged_nonce = [b'0'; 32];
     let per_tick = (rate / 100).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let mut n = 0u64;
     let mut buf = Vec::new();
+    let allocate = |b: &mut MessageBuilder<'_>| {
+        b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    };
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         for _ in 0..per_tick {
-            let t = tid();
-            match n % 3 {
-                0 => {
-                    let mut b = MessageBuilder::new(&mut buf, Class::Request, Method::Allocate, &t);
-                    b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-                }
-                1 => {
-                    let mut b = MessageBuilder::new(&mut buf, Class::Request, Method::Allocate, &t);
-                    b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-                    b.attr(attr::USERNAME, fake_user.as_bytes());
-                    b.attr(attr::REALM, REALM.as_bytes());
-                    b.attr(attr::NONCE, &[b'0'; 32]);
-                    b.integrity(hmac_sha1(&fake_key));
-                    b.fingerprint();
-                }
-                _ => {
+            let src = (n as usize) % socks.len();
+            // Source-major order: consecutive datagrams go to different sources, and each
+            // source sees every kind in turn.
+            let kind = ((n as usize) / socks.len()) % FLOOD_KINDS;
+            let mut t = tid();
+            t[11] = kind as u8;
+            let nonce = nonces[src]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let creds = |user, nonce, key| Some(Creds { user, nonce, key });
+            buf = match kind {
+                0 => request_bytes(Method::Allocate, &t, None, allocate),
+                1 => request_bytes(
+                    Method::Allocate,
+                    &t,
+                    creds(unknown_user, &forged_nonce, &unknown_key),
+                    allocate,
+                ),
+                GARBAGE => {
                     buf.clear();
                     buf.extend((0..64u64).map(|i| (n.wrapping_mul(31).wrapping_add(i * 7)) as u8));
+                    buf
                 }
-            }
-            let s = &socks[(n as usize) % socks.len()];
+                WRONG_PASSWORD => request_bytes(
+                    Method::Allocate,
+                    &t,
+                    creds(&rest_user, &nonce, &rest_key),
+                    allocate,
+                ),
+                _ => request_bytes(
+                    Method::Allocate,
+                    &t,
+                    creds(unknown_user, &nonce, &unknown_key),
+                    allocate,
+                ),
+            };
             // Full buffers or ICMP errors are part of a flood; keep going.
-            let _ = s.send_to(&buf, server).await;
+            if socks[src].send_to(&buf, server).await.is_ok() {
+                counts.flood_kind_sent[kind].fetch_add(1, Ordering::Relaxed);
+            }
             n += 1;
         }
         counts.flood_sent.store(n, Ordering::Relaxed);
     }
+    // Late answers still count; then the readers go.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    readers.abort_all();
+    counts
+        .flood_window_ms
+        .store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
     Ok(())
 }
 
@@ -455,6 +617,8 @@ async fn run(a: Args) -> Result<bool> {
             ("VC_TURN__RELAY_ADDRESS", "127.0.0.1"),
             ("VC_TURN__REALM", REALM),
             ("VC_TURN__ALLOW_LOOPBACK_PEERS", "true"),
+            ("VC_TURN__UNAUTH_RATE", &UNAUTH_RATE.to_string()),
+            ("VC_TURN__UNAUTH_BURST", &UNAUTH_BURST.to_string()),
             ("RUST_LOG", "warn"),
         ],
     )
@@ -482,10 +646,10 @@ async fn run(a: Args) -> Result<bool> {
             counts.clone(),
         ));
     }
-    let (s, c) = (stop.clone(), counts.clone());
-    let (sources, rate) = (a.flood_sources, a.flood_rate);
+    let (s, c, k) = (stop.clone(), counts.clone(), key.clone());
+    let (sources, rate, secs) = (a.flood_sources, a.flood_rate, a.secs);
     load.spawn(async move {
-        if let Err(e) = flood(turn, sources, rate, s, c).await {
+        if let Err(e) = flood(turn, k, secs, sources, rate, s, c).await {
             eprintln!("flood: {e:#}");
         }
     });
@@ -590,6 +754,33 @@ async fn run(a: Args) -> Result<bool> {
         "| flood as the relay saw it: auth failures / malformed dropped / unauth rate-limited dropped (metrics) | {} |",
         flood_seen.join(" / ")
     );
+    let auth_failures = m("vc_relay_turn_auth_failures_total");
+    let window = ld(&counts.flood_window_ms) as f64 / 1000.0;
+    let answered: u64 = counts.flood_answers.iter().flatten().map(ld).sum::<u64>()
+        + ld(&counts.flood_nonce_answers);
+    // Every unauthenticated answer to a source is charged to its budget: burst + rate per second.
+    let budget = a.flood_sources as f64 * (UNAUTH_BURST as f64 + UNAUTH_RATE as f64 * window);
+    println!(
+        "| flood answers read back (incl. {} nonce requests) / per-source budget over {window:.0} s | {answered} / {budget:.0} |",
+        ld(&counts.flood_nonce_answers)
+    );
+    println!("\n| flood kind | sent | answered 400 | 401 | 438 | 420 | other | not answered |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (k, name) in FLOOD_KIND_NAMES.iter().enumerate() {
+        let sent = ld(&counts.flood_kind_sent[k]);
+        let ans = counts.flood_answers[k].each_ref().map(ld);
+        let total: u64 = ans.iter().sum();
+        println!(
+            "| {name} | {sent} | {} | {} | {} | {} | {} | {} |",
+            ans[0],
+            ans[1],
+            ans[2],
+            ans[3],
+            ans[4],
+            sent.saturating_sub(total)
+        );
+    }
+    println!();
     println!("| `vc_relay_turn_allocations_active` at end | {active} |");
     println!("| `vc_relay_signaling_connections` at end | {sig} |");
 
@@ -614,6 +805,28 @@ async fn run(a: Args) -> Result<bool> {
     check(
         ld(&counts.sig_sessions) > 0,
         "no signaling session succeeded",
+    );
+    check(
+        answered as f64 <= budget,
+        "the flood got more answers than the per-source budget allows",
+    );
+    let real_nonce = [WRONG_PASSWORD, UNKNOWN_USER];
+    let real_nonce_sent: u64 = real_nonce
+        .iter()
+        .map(|&k| ld(&counts.flood_kind_sent[k]))
+        .sum();
+    check(
+        real_nonce.iter().all(|&k| {
+            let ans = &counts.flood_answers[k];
+            ld(&ans[1]) > 0 && ld(&ans[2]) == 0
+        }),
+        "real-nonce Allocates not answered 401 (or answered 438: the nonce was not taken)",
+    );
+    // Each real-nonce Allocate the relay received failed verification; loopback may drop a
+    // few datagrams under load, so the count is at most what was sent.
+    check(
+        auth_failures > 0.0 && auth_failures <= real_nonce_sent as f64,
+        "auth failures (metrics) not in 1..=real-nonce Allocates sent",
     );
     if ok {
         println!("\nsoak: ok");
