@@ -5,7 +5,9 @@
 //! another node) and [`Delivery::Connect`] (find the camera's node and open a session there);
 //! [`Signaling::deliver`](crate::signaling::Signaling) hands them to [`ClusterLink::push`], a
 //! non-blocking `try_send` into one bounded queue (full: dropped and counted, the router never
-//! waits on NATS). This driver drains the queue:
+//! waits on NATS). The decisions about them are sans-IO too ([`state::ClusterCore`]: NATS
+//! events, results and time in, actions out, unit-tested with a virtual clock); this driver
+//! only performs its actions:
 //! * `Forward` -> publish to `vc.node.<node>` (dropped and counted while NATS is down: stale
 //!   signaling is useless after an outage, the peers renegotiate).
 //! * `Connect` -> directory lookup (KV `vc_directory`: device -> node) and a request to the
@@ -15,6 +17,8 @@
 //!
 //! async-nats reconnects by itself (backoff with jitter, unlimited attempts) and re-subscribes;
 //! on every (re)connect the driver re-publishes this node's directory entries.
+
+mod state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +30,10 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use shared::signaling::{ErrorCode, ServerMessage};
-use tokio::sync::{mpsc, RwLock, Semaphore};
+use tokio::sync::{mpsc, RwLock};
 use uuid::Uuid;
 
+use self::state::{Action, ClusterCore, CoreLimits, DropReason, Lookup, Reply, Ticket};
 use crate::signaling::router::{ConnId, Delivery, NodeName};
 use crate::signaling::Signaling;
 
@@ -135,6 +140,7 @@ struct ClusterMetrics {
     messages_out: Counter,
     messages_in: Counter,
     dropped_disconnected: Counter,
+    dropped_slow: Counter,
     rejected_in: Counter,
     connect_rtt: Histogram,
     connected: Gauge,
@@ -147,6 +153,7 @@ impl ClusterMetrics {
             messages_out: counter!("vc_relay_cluster_messages_total", "direction" => "out"),
             messages_in: counter!("vc_relay_cluster_messages_total", "direction" => "in"),
             dropped_disconnected: counter!("vc_relay_cluster_dropped_total", "reason" => "nats_down"),
+            dropped_slow: counter!("vc_relay_cluster_dropped_total", "reason" => "publish_full"),
             rejected_in: counter!("vc_relay_cluster_rejected_total"),
             connect_rtt: histogram!("vc_relay_cluster_connect_rtt_seconds"),
             connected: gauge!("vc_relay_cluster_nats_connected"),
@@ -202,7 +209,12 @@ struct Driver {
     sig: Arc<Signaling>,
     metrics: ClusterMetrics,
     directory: RwLock<Option<kv::Store>>,
-    inflight: Arc<Semaphore>,
+}
+
+/// A lookup or request the driver performed, back to the state machine.
+enum Done {
+    Lookup(Ticket, Lookup),
+    Reply(Ticket, Reply),
 }
 
 /// Connects to NATS (in the background, retrying: the relay starts and serves local routing
@@ -219,6 +231,10 @@ pub async fn spawn(
         .name(format!("vc-relay {node}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
+        // The state machine times connects out itself; this only ends the request's task.
+        .request_timeout(Some(Duration::from_millis(
+            config.request_timeout_ms.max(1) + 1000,
+        )))
         // Full jitter: a fleet of relays that lost the same NATS does not come back in step.
         .reconnect_delay_callback(move |attempt| {
             let cap = (50u64 << attempt.min(10)).min(max_delay);
@@ -233,8 +249,16 @@ pub async fn spawn(
         .connect(config.nats_url.as_str())
         .await
         .map_err(|e| crate::Error::Config(format!("nats {}: {e}", config.nats_url)))?;
+    let state = ClusterCore::new(
+        node.clone(),
+        CoreLimits {
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            max_inflight_connects: config.max_inflight_connects,
+            directory_refresh: Duration::from_secs(config.directory_refresh_secs),
+        },
+    );
+    let (publish_tx, publish_rx) = mpsc::channel(config.outbound_queue.max(1));
     let driver = Arc::new(Driver {
-        inflight: Arc::new(Semaphore::new(config.max_inflight_connects.max(1))),
         config,
         node,
         client,
@@ -247,18 +271,13 @@ pub async fn spawn(
         .subscribe(node_subject(&driver.node))
         .await
         .map_err(|e| crate::Error::Config(format!("nats subscribe: {e}")))?;
-    tokio::spawn(driver.clone().events(events_rx));
     tokio::spawn(driver.clone().inbound(subscriber));
-    tokio::spawn(driver.clone().outbound(queue.0));
-    tokio::spawn(driver.clone().refresh());
+    tokio::spawn(driver.clone().publisher(publish_rx));
+    tokio::spawn(driver.clone().run(state, queue.0, events_rx, publish_tx));
     Ok(())
 }
 
 impl Driver {
-    fn connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
-    }
-
     /// The directory bucket, created on first use (and again after a NATS restart lost it).
     async fn directory(&self) -> Option<kv::Store> {
         if let Some(store) = self.directory.read().await.clone() {
@@ -297,30 +316,170 @@ impl Driver {
         Some(store)
     }
 
-    /// Connection events: the state gauge, and directory re-publication after every connect.
-    async fn events(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<async_nats::Event>) {
+    /// The state machine's loop: router deliveries, NATS events, finished lookups/requests
+    /// and its timer in; its actions performed (none of them waits on NATS here).
+    async fn run(
+        self: Arc<Self>,
+        mut state: ClusterCore,
+        mut queue: mpsc::Receiver<Delivery>,
+        mut events: mpsc::UnboundedReceiver<async_nats::Event>,
+        publish: mpsc::Sender<(String, Bytes)>,
+    ) {
         let mut shutdown = self.sig.shutdown.clone();
+        // Bounded by `max_inflight_connects`: one result per pending connect step.
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let mut out = Vec::new();
         loop {
-            let event = tokio::select! {
-                e = rx.recv() => match e { Some(e) => e, None => return },
-                _ = shutdown.changed() => return,
+            let wake = state.poll_timeout();
+            let timer = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
             };
-            match event {
-                async_nats::Event::Connected => {
-                    tracing::info!(node = %self.node, "cluster: NATS connected");
-                    self.metrics.connected.set(1.0);
-                    self.metrics.reconnects.increment(1);
-                    // A restarted NATS may have lost the bucket (no persistent store).
-                    *self.directory.write().await = None;
-                    let me = self.clone();
-                    tokio::spawn(async move { me.republish().await });
-                }
-                async_nats::Event::Disconnected => {
-                    tracing::warn!(node = %self.node, "cluster: NATS disconnected");
-                    self.metrics.connected.set(0.0);
-                }
-                other => tracing::debug!(event = %other, "cluster: NATS event"),
+            tokio::select! {
+                d = queue.recv() => match d {
+                    Some(d) => state.handle_delivery(d, Instant::now(), &mut out),
+                    None => return,
+                },
+                e = events.recv() => match e {
+                    Some(async_nats::Event::Connected) => {
+                        tracing::info!(node = %self.node, "cluster: NATS connected");
+                        self.metrics.connected.set(1.0);
+                        self.metrics.reconnects.increment(1);
+                        // A restarted NATS may have lost the bucket (no persistent store).
+                        *self.directory.write().await = None;
+                        state.handle_connected(Instant::now(), &mut out);
+                    }
+                    Some(async_nats::Event::Disconnected) => {
+                        tracing::warn!(node = %self.node, "cluster: NATS disconnected");
+                        self.metrics.connected.set(0.0);
+                        state.handle_disconnected(Instant::now(), &mut out);
+                    }
+                    Some(other) => tracing::debug!(event = %other, "cluster: NATS event"),
+                    None => return,
+                },
+                Some(done) = done_rx.recv() => match done {
+                    Done::Lookup(t, r) => state.lookup_done(t, r, &mut out),
+                    Done::Reply(t, r) => state.request_done(t, r, Instant::now(), &mut out),
+                },
+                _ = timer => state.handle_timeout(Instant::now(), &mut out),
+                _ = shutdown.changed() => return,
             }
+            for action in out.drain(..) {
+                self.perform(action, &publish, &done_tx);
+            }
+        }
+    }
+
+    fn perform(
+        self: &Arc<Self>,
+        action: Action,
+        publish: &mpsc::Sender<(String, Bytes)>,
+        done: &mpsc::UnboundedSender<Done>,
+    ) {
+        match action {
+            Action::Publish { subject, payload } => {
+                // Full: NATS cannot keep up; stale signaling is dropped, never waited for.
+                if publish.try_send((subject, payload)).is_err() {
+                    self.metrics.dropped_slow.increment(1);
+                }
+            }
+            Action::Dropped(DropReason::NatsDown) => self.metrics.dropped_disconnected.increment(1),
+            Action::Lookup { ticket, device } => {
+                let (me, done) = (self.clone(), done.clone());
+                tokio::spawn(async move {
+                    let r = me.lookup(device).await;
+                    let _ = done.send(Done::Lookup(ticket, r));
+                });
+            }
+            Action::Request {
+                ticket,
+                subject,
+                payload,
+            } => {
+                let (me, done) = (self.clone(), done.clone());
+                tokio::spawn(async move {
+                    let r = match me.client.request(subject, payload).await {
+                        Ok(m) => Reply::Payload(m.payload),
+                        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                            Reply::NoResponders
+                        }
+                        Err(e) => Reply::Failed(e.to_string()),
+                    };
+                    let _ = done.send(Done::Reply(ticket, r));
+                });
+            }
+            Action::DirectoryPut { device } => {
+                let me = self.clone();
+                tokio::spawn(async move { me.directory_put(device).await });
+            }
+            Action::DirectoryDeleteOwn { device } => {
+                let me = self.clone();
+                tokio::spawn(async move { me.directory_delete_own(device).await });
+            }
+            Action::Republish => {
+                let me = self.clone();
+                tokio::spawn(async move { me.republish().await });
+            }
+            Action::Refuse {
+                viewer,
+                device,
+                code,
+                message,
+            } => self.sig.send(
+                viewer,
+                &ServerMessage::Error {
+                    code,
+                    message,
+                    reference: Some(device.to_string()),
+                },
+            ),
+            Action::Opened {
+                viewer,
+                device,
+                node,
+                session_id,
+                camera,
+                rtt,
+            } => {
+                self.metrics.connect_rtt.record(rtt.as_secs_f64());
+                let mut out = Vec::new();
+                self.sig
+                    .router()
+                    .remote_opened(viewer, device, session_id, node, camera, &mut out);
+                if !self.sig.conns.contains_key(&viewer) {
+                    // The viewer left while we asked: undo, tell the camera's node.
+                    out.clear();
+                    self.sig.router().drop_remote_viewer(viewer, &mut out);
+                }
+                self.sig.deliver(&mut out);
+                self.sig.update_gauges();
+            }
+        }
+    }
+
+    /// Publishes in order (signaling of one session must not be reordered).
+    async fn publisher(self: Arc<Self>, mut rx: mpsc::Receiver<(String, Bytes)>) {
+        while let Some((subject, payload)) = rx.recv().await {
+            match self.client.publish(subject, payload).await {
+                Ok(()) => self.metrics.messages_out.increment(1),
+                Err(_) => self.metrics.dropped_disconnected.increment(1),
+            }
+        }
+    }
+
+    async fn lookup(&self, device: Uuid) -> Lookup {
+        let Some(dir) = self.directory().await else {
+            return Lookup::Failed("cluster directory unavailable".into());
+        };
+        match dir.get(device.to_string()).await {
+            Ok(Some(v)) => match String::from_utf8(v.to_vec()) {
+                Ok(node) => Lookup::Found(node),
+                Err(_) => Lookup::Missing,
+            },
+            Ok(None) => Lookup::Missing,
+            Err(e) => Lookup::Failed(e.to_string()),
         }
     }
 
@@ -339,191 +498,24 @@ impl Driver {
         tracing::info!(node = %self.node, entries = n, "cluster: directory published");
     }
 
-    /// Re-writes the entries well within the bucket's max age.
-    async fn refresh(self: Arc<Self>) {
-        let period = Duration::from_secs(self.config.directory_refresh_secs.max(1));
-        let mut shutdown = self.sig.shutdown.clone();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(period) => {}
-                _ = shutdown.changed() => return,
-            }
-            if self.connected() {
-                self.republish().await;
-            }
+    async fn directory_put(&self, device: Uuid) {
+        if let Some(dir) = self.directory().await {
+            let _ = dir
+                .put(device.to_string(), Bytes::from(self.node.to_string()))
+                .await;
         }
     }
 
-    /// Drains the router's queue.
-    async fn outbound(self: Arc<Self>, mut rx: mpsc::Receiver<Delivery>) {
-        let mut shutdown = self.sig.shutdown.clone();
-        loop {
-            let d = tokio::select! {
-                d = rx.recv() => match d { Some(d) => d, None => return },
-                _ = shutdown.changed() => return,
-            };
-            match d {
-                Delivery::Forward { node, msg } => {
-                    if !self.connected() {
-                        self.metrics.dropped_disconnected.increment(1);
-                        continue;
-                    }
-                    let payload = Wire::Signal {
-                        from: self.node.to_string(),
-                        msg,
-                    }
-                    .encode();
-                    match self.client.publish(node_subject(&node), payload).await {
-                        Ok(()) => self.metrics.messages_out.increment(1),
-                        Err(_) => self.metrics.dropped_disconnected.increment(1),
-                    }
-                }
-                Delivery::Connect { viewer, device } => {
-                    let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
-                        self.refuse(
-                            viewer,
-                            device,
-                            ErrorCode::Busy,
-                            "too many cross-node connects in flight",
-                        );
-                        continue;
-                    };
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        me.connect(viewer, device).await;
-                        drop(permit);
-                    });
-                }
-                Delivery::Presence {
-                    device_id, online, ..
-                } => {
-                    if !self.connected() {
-                        // Re-published in full on reconnect.
-                        continue;
-                    }
-                    let me = self.clone();
-                    tokio::spawn(async move { me.directory_update(device_id, online).await });
-                }
-                Delivery::Send { .. } | Delivery::Close { .. } => {}
-            }
-        }
-    }
-
-    async fn directory_update(&self, device: Uuid, online: bool) {
+    async fn directory_delete_own(&self, device: Uuid) {
         let Some(dir) = self.directory().await else {
             return;
         };
         let key = device.to_string();
-        if online {
-            let _ = dir.put(&key, Bytes::from(self.node.to_string())).await;
-            return;
-        }
-        // Only our own entry: the camera may already be online on another node.
         if let Ok(Some(entry)) = dir.entry(&key).await {
             if entry.operation == kv::Operation::Put && entry.value.as_ref() == self.node.as_bytes()
             {
                 let _ = dir.delete_expect_revision(&key, Some(entry.revision)).await;
             }
-        }
-    }
-
-    fn refuse(&self, viewer: ConnId, device: Uuid, code: ErrorCode, message: &str) {
-        self.sig.send(
-            viewer,
-            &ServerMessage::Error {
-                code,
-                message: message.to_owned(),
-                reference: Some(device.to_string()),
-            },
-        );
-    }
-
-    /// Cross-node `connect`, bounded by `request_timeout_ms`.
-    async fn connect(&self, viewer: ConnId, device: Uuid) {
-        if !self.connected() {
-            self.refuse(
-                viewer,
-                device,
-                ErrorCode::Unavailable,
-                "cross-node routing is unavailable (the relay lost NATS); retry",
-            );
-            return;
-        }
-        let timeout = Duration::from_millis(self.config.request_timeout_ms.max(1));
-        let started = Instant::now();
-        let result = tokio::time::timeout(timeout, self.ask(viewer, device)).await;
-        let (code, message) = match result {
-            Ok(Ok((node, session_id, camera))) => {
-                self.metrics
-                    .connect_rtt
-                    .record(started.elapsed().as_secs_f64());
-                let mut out = Vec::new();
-                self.sig
-                    .router()
-                    .remote_opened(viewer, device, session_id, node, camera, &mut out);
-                if !self.sig.conns.contains_key(&viewer) {
-                    // The viewer left while we asked: undo, tell the camera's node.
-                    out.clear();
-                    self.sig.router().drop_remote_viewer(viewer, &mut out);
-                }
-                self.sig.deliver(&mut out);
-                self.sig.update_gauges();
-                return;
-            }
-            Ok(Err(refused)) => refused,
-            Err(_) => (
-                ErrorCode::Unavailable,
-                "the camera's relay did not answer in time".to_owned(),
-            ),
-        };
-        self.refuse(viewer, device, code, &message);
-    }
-
-    /// Directory lookup + request to the camera's node.
-    async fn ask(
-        &self,
-        viewer: ConnId,
-        device: Uuid,
-    ) -> Result<(NodeName, Uuid, ConnId), (ErrorCode, String)> {
-        let unavailable = |e: String| (ErrorCode::Unavailable, e);
-        let offline = || {
-            (
-                ErrorCode::CameraOffline,
-                "the camera is not connected".to_owned(),
-            )
-        };
-        let dir = self
-            .directory()
-            .await
-            .ok_or_else(|| unavailable("cluster directory unavailable".into()))?;
-        let node = dir
-            .get(device.to_string())
-            .await
-            .map_err(|e| unavailable(format!("cluster directory: {e}")))?
-            .ok_or_else(offline)?;
-        let node = std::str::from_utf8(&node).map_err(|_| offline())?;
-        if node == &*self.node {
-            // Our own stale entry: the camera is not here (the router looked).
-            return Err(offline());
-        }
-        let payload = Wire::Connect {
-            from: self.node.to_string(),
-            viewer,
-            device,
-        }
-        .encode();
-        let reply = match self.client.request(node_subject(node), payload).await {
-            Ok(r) => r,
-            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                // The directory names a node that is gone (killed; its entry lapses).
-                return Err(offline());
-            }
-            Err(e) => return Err(unavailable(format!("cross-node connect: {e}"))),
-        };
-        match Wire::decode(&reply.payload) {
-            Some(Wire::Opened { session_id, camera }) => Ok((node.into(), session_id, camera)),
-            Some(Wire::Refused { code, message }) => Err((code, message)),
-            _ => Err(unavailable("bad reply from the camera's relay".into())),
         }
     }
 
