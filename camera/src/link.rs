@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{future, Sink, SinkExt, Stream, StreamExt as _};
-use tokio_rustls::rustls::pki_types::pem::PemObject as _;
-use tokio_rustls::rustls::pki_types::CertificateDer;
-use tokio_rustls::rustls::{crypto::ring, version, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::version;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
@@ -117,34 +115,10 @@ pub fn parse_quic_url(url: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// The client TLS config: TLS 1.3 (QUIC requires it), ALPN `vc-signal/1`, trusting `ca_file`
-/// or else the system's roots.
+/// The client TLS config: TLS 1.3 (QUIC requires it), ALPN `vc-signal/1`, trusting
+/// [`shared::tls::client_roots`].
 pub fn client_config(ca_file: Option<&Path>) -> Result<quinn::ClientConfig, String> {
-    let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-            {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            for cert in native.certs {
-                // A malformed system root is skipped, as browsers do; the rest still work.
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let mut tls = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_protocol_versions(&[&version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = shared::tls::client_config(ca_file, &[&version::TLS13])?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;

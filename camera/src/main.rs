@@ -41,6 +41,9 @@ enum Command {
         /// Activation attempts on network errors before giving up.
         #[arg(long, default_value_t = 8)]
         attempts: u32,
+        /// PEM certificate(s) to trust for an `https://` server (default: system roots).
+        #[arg(long, env = "VC_CAMERA_CA_FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Connect to the relay and stream to viewers until stopped.
     Run {
@@ -69,7 +72,8 @@ enum Command {
         /// after which many NATs drop an idle UDP mapping.
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=25))]
         keepalive_secs: u64,
-        /// PEM certificate(s) to trust for the relay's QUIC listener (default: system roots).
+        /// PEM certificate(s) to trust for vc-control over HTTPS and the relay's QUIC
+        /// listener (default: system roots).
         #[arg(long, env = "VC_CAMERA_CA_FILE")]
         ca_file: Option<PathBuf>,
     },
@@ -108,7 +112,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             state,
             uid,
             attempts,
-        } => onboard_cmd(qr, qr_payload, state, uid, attempts).await,
+            ca_file,
+        } => onboard_cmd(qr, qr_payload, state, uid, attempts, ca_file).await,
         Command::Run {
             state,
             width,
@@ -148,6 +153,7 @@ async fn onboard_cmd(
     state_path: PathBuf,
     uid: Option<String>,
     attempts: u32,
+    ca_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let text = match (qr, qr_payload) {
         (Some(path), _) => {
@@ -178,7 +184,8 @@ async fn onboard_cmd(
     }
     println!("uid {device_uid}");
 
-    let client = reqwest::Client::builder()
+    let client = shared::tls::http_client_builder(ca_file.as_deref())
+        .map_err(anyhow::Error::msg)?
         .timeout(std::time::Duration::from_secs(10))
         .build()?;
     let earlier_secret = existing.as_ref().and_then(|s| s.device_secret.as_deref());
@@ -253,7 +260,11 @@ async fn run_cmd(
     println!("ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = run::run(&camera, &config) => {}
+        res = run::run(&camera, &config) => {
+            // Ok is uninhabited: run only returns on a setup error.
+            let Err(e) = res;
+            bail!(e);
+        }
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }

@@ -56,7 +56,8 @@ pub struct RunConfig {
     /// after which many NATs forget an idle UDP mapping. The relay counts as dead after three
     /// silent intervals.
     pub keepalive: Duration,
-    /// Certificates to trust for the relay's QUIC listener (PEM); default: system roots.
+    /// Certificates to trust (PEM) for vc-control over HTTPS and the relay's QUIC listener;
+    /// default: system roots.
     pub ca_file: Option<std::path::PathBuf>,
 }
 
@@ -147,12 +148,12 @@ fn ticket_ice_servers(ticket: &TicketResponse) -> Vec<IceServer> {
 }
 
 /// Runs forever: ticket, connect, serve, and reconnect on any failure.
-pub async fn run(camera: &Camera, config: &RunConfig) -> ! {
-    let client = reqwest::Client::builder()
+pub async fn run(camera: &Camera, config: &RunConfig) -> Result<std::convert::Infallible, String> {
+    // Fails only on an unreadable CA file: a setup error, not one to retry.
+    let client = shared::tls::http_client_builder(config.ca_file.as_deref())?
         .timeout(Duration::from_secs(10))
         .build()
-        // Invariant: a plain client without TLS or proxies settings cannot fail to build.
-        .expect("reqwest client");
+        .map_err(|e| format!("http client: {e}"))?;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let rebind = Arc::new(Notify::new());
     if let Ok(mut usr1) =

@@ -325,7 +325,9 @@ async fn run(args: &Args, bin_dir: &Path, dir: &Path, daemons: &mut Vec<Daemon>)
     daemons.push(control);
 
     // The demo account.
-    let http = reqwest::Client::new();
+    let http = shared::tls::http_client_builder(None)
+        .map_err(anyhow::Error::msg)?
+        .build()?;
     let password = args
         .password
         .clone()

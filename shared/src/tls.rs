@@ -184,6 +184,57 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
         .map_err(|e| Error::Tls(format!("{} / {}: {e}", cert.display(), key.display())))
 }
 
+/// What a client trusts: the certificates in `ca_file` (PEM; a test CA, a private PKI), or the
+/// system's roots when there is none. The one root store of every TLS client (vc-camera's
+/// HTTPS and QUIC, vc-relay's presence reports to an HTTPS vc-control).
+pub fn client_roots(ca_file: Option<&Path>) -> Result<tokio_rustls::rustls::RootCertStore, String> {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+            {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                // A malformed system root is skipped, as browsers do; the rest still work.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// A rustls client config (ring provider) trusting [`client_roots`], for `versions`.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    versions: &[&'static tokio_rustls::rustls::SupportedProtocolVersion],
+) -> Result<tokio_rustls::rustls::ClientConfig, String> {
+    Ok(tokio_rustls::rustls::ClientConfig::builder_with_provider(
+        Arc::new(ring::default_provider()),
+    )
+    .with_protocol_versions(versions)
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(client_roots(ca_file)?)
+    .with_no_client_auth())
+}
+
+/// The one way this workspace builds a `reqwest` client: TLS through rustls with ring and
+/// [`client_roots`] (`ca_file`, else the system's roots). reqwest is built with
+/// `rustls-no-provider` (its default provider is aws-lc), and a client built without a
+/// preconfigured TLS config panics there, so every client starts from this builder.
+pub fn http_client_builder(ca_file: Option<&Path>) -> Result<reqwest::ClientBuilder, String> {
+    let mut tls = client_config(ca_file, tokio_rustls::rustls::DEFAULT_VERSIONS)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(tls))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

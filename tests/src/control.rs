@@ -90,7 +90,8 @@ impl Control {
             base: running.url("http"),
             admin: running.url("admin"),
             running,
-            http: Client::builder()
+            http: shared::tls::http_client_builder(None)
+                .map_err(anyhow::Error::msg)?
                 .timeout(Duration::from_secs(30))
                 .pool_max_idle_per_host(64)
                 .build()?,

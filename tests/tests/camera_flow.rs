@@ -105,7 +105,9 @@ impl Api {
 }
 
 async fn login(base: &str) -> Result<Api> {
-    let http = reqwest::Client::new();
+    let http = shared::tls::http_client_builder(None)
+        .map_err(anyhow::Error::msg)?
+        .build()?;
     let email = format!("cam-{}@example.com", Uuid::new_v4().simple());
     let creds = json!({ "email": email, "password": "camera-flow-pw" });
     let r = http

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use base64::Engine as _;
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use shared::api::{ActivateResponse, PresenceReport, QrPayload, TicketResponse};
 use shared::ticket::{Role, TicketKey};
@@ -847,7 +847,9 @@ async fn generated_secrets_survive_restart() -> Result<()> {
         ("VC_ARGON2__ITERATIONS", "1"),
     ];
     let first = start("vc-control", &[], &env).await?;
-    let http = Client::new();
+    let http = shared::tls::http_client_builder(None)
+        .map_err(anyhow::Error::msg)?
+        .build()?;
     let base = first.url("http");
     http.post(format!("{base}/api/register"))
         .json(&json!({"email": "erin@example.com", "password": "password123"}))

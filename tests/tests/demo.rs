@@ -36,7 +36,9 @@ async fn demo() -> Result<()> {
     )
     .await?;
     let base = demo.url("http");
-    let http = reqwest::Client::new();
+    let http = shared::tls::http_client_builder(None)
+        .map_err(anyhow::Error::msg)?
+        .build()?;
     let (s, body) = api_call(
         &http,
         &base,

@@ -126,7 +126,8 @@ fn report(db: &str, name: &str, o: &Outcome) {
 async fn bench_db(db: &str, opts: &Opts) -> Result<()> {
     let server = start_server(db, &opts.pg, &[("VC_DB_MAX_CONNECTIONS", "16")]).await?;
     let base = Arc::new(server.base.clone());
-    let http = reqwest::Client::builder()
+    let http = shared::tls::http_client_builder(None)
+        .map_err(anyhow::Error::msg)?
         .pool_max_idle_per_host(opts.concurrency * 2)
         .build()?;
     let users: Vec<String> = {

@@ -34,6 +34,9 @@ pub struct SignalingConfig {
     /// Base URL of vc-control for presence reports (`POST <url>/api/internal/presence`).
     /// Empty disables presence reporting.
     pub control_url: String,
+    /// PEM certificate(s) trusted for an `https://` `control_url` (a private CA); empty: the
+    /// system's roots.
+    pub control_ca_file: String,
     /// Most presence events are sent within this many milliseconds of the change.
     pub presence_batch_ms: u64,
     /// With no change to report for this long, an empty report renews the node's lease and
@@ -93,6 +96,7 @@ impl Default for SignalingConfig {
             turn_uris: Vec::new(),
             ice_credential_ttl_secs: 3600,
             control_url: "http://127.0.0.1:8000".into(),
+            control_ca_file: String::new(),
             presence_batch_ms: 50,
             presence_heartbeat_ms: 1000,
             presence_lease_secs: 15,

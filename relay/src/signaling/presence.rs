@@ -261,10 +261,15 @@ pub(crate) async fn run(sig: Arc<Signaling>, mut rx: mpsc::UnboundedReceiver<Pre
         sig.config.control_url.trim_end_matches('/')
     )
     .into();
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-    {
+    let ca_file = &sig.config.control_ca_file;
+    let client = match shared::tls::http_client_builder(
+        (!ca_file.is_empty()).then(|| std::path::Path::new(ca_file)),
+    )
+    .and_then(|b| {
+        b.timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())
+    }) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "presence reporter: no HTTP client; presence disabled");

@@ -42,6 +42,7 @@ async fn camera_and_viewer_exchange_offer_and_answer() {
     let addr = listener.local_addr().unwrap();
     let config = SignalingConfig {
         control_url: String::new(),
+        control_ca_file: String::new(),
         turn_uris: vec!["turn:127.0.0.1:3478?transport=udp".into()],
         ..SignalingConfig::default()
     };
