@@ -85,6 +85,10 @@ impl Relay {
             None => None,
         };
         let turn = turn::TurnService::start(&config.turn, Some(ticket_key.clone()))?;
+        config
+            .signaling
+            .proxy_policy()
+            .map_err(|e| Error::Config(format!("signaling.proxy_protocol_from: {e}")))?;
         if let Err(e) = signaling::raise_fd_limit() {
             tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE");
         }

@@ -211,15 +211,30 @@ pub(crate) async fn serve_single_port(
             },
             _ = shutdown.changed() => break,
         };
-        let Some(slot) = pending.try_acquire(peer.ip()) else {
-            sig.metrics.rejected_per_ip.increment(1);
-            continue;
-        };
-        let (acceptor, sig, turn) = (acceptor.clone(), sig.clone(), turn.clone());
+        let (acceptor, sig, turn, pending) =
+            (acceptor.clone(), sig.clone(), turn.clone(), pending.clone());
         tokio::spawn(async move {
+            let mut stream = stream;
+            let opened = tokio::time::Instant::now();
+            // A trusted balancer's connection starts with a PROXY v2 header (before the TLS
+            // ClientHello) naming the client, whose address takes every per-IP slot after it.
+            let peer = if sig.proxy.trusts(peer.ip()) {
+                match crate::proxy::read_header(&mut stream, peer, &sig.proxy).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        tracing::debug!(balancer = %peer, error = %e, "single-port PROXY header refused");
+                        return;
+                    }
+                }
+            } else {
+                peer
+            };
+            let Some(slot) = pending.try_acquire(peer.ip()) else {
+                sig.metrics.rejected_per_ip.increment(1);
+                return;
+            };
             let _ = stream.set_nodelay(true);
             let local_ip = crate::signaling::server::local_host(&stream);
-            let opened = tokio::time::Instant::now();
             let deadline = opened + sig.handshake_timeout();
             let routed = tokio::time::timeout_at(deadline, async {
                 let mut tls = acceptor.accept(stream).await.ok()?;

@@ -73,6 +73,18 @@ pub async fn tls_connect(
     trust: &[u8],
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tokio::time::timeout(STEP, TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    tls_over(tcp, trust, alpn).await
+}
+
+/// [`tls_connect`] on an open `tcp` (e.g. after a PROXY header was written to it).
+pub async fn tls_over(
+    tcp: TcpStream,
+    trust: &[u8],
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
     use tokio_rustls::rustls::{crypto::ring, ClientConfig, RootCertStore};
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from(trust.to_vec()))?;
@@ -82,16 +94,11 @@ pub async fn tls_connect(
             .with_root_certificates(roots)
             .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connect = async {
-        let tcp = TcpStream::connect(addr).await?;
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect(ServerName::try_from("localhost")?, tcp)
-            .await?;
-        Ok::<_, anyhow::Error>(tls)
-    };
-    tokio::time::timeout(STEP, connect)
+    let connect = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("localhost")?, tcp);
+    Ok(tokio::time::timeout(STEP, connect)
         .await
-        .context("TLS connect timed out")?
+        .context("TLS connect timed out")??)
 }
 
 /// The DER of the certificate the server presented on `tls`.

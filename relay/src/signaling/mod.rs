@@ -87,6 +87,23 @@ pub struct SignalingConfig {
     pub write_timeout_ms: u64,
     /// Read buffer per connection, bytes (memory per idle connection matters at 10k+).
     pub read_buffer_bytes: usize,
+    /// CIDRs of trusted L4 balancers whose connections to the signaling and single-port
+    /// listeners must start with a PROXY v2 header (`relay/src/proxy.rs`); empty: off.
+    pub proxy_protocol_from: Vec<String>,
+    /// Largest PROXY v2 header accepted, bytes.
+    pub proxy_protocol_max_bytes: usize,
+}
+
+impl SignalingConfig {
+    /// The PROXY protocol policy of the signaling and single-port listeners; the header must
+    /// arrive within `handshake_timeout_ms`.
+    pub fn proxy_policy(&self) -> Result<crate::proxy::ProxyPolicy, String> {
+        crate::proxy::ProxyPolicy::parse(
+            &self.proxy_protocol_from,
+            self.proxy_protocol_max_bytes,
+            std::time::Duration::from_millis(self.handshake_timeout_ms),
+        )
+    }
 }
 
 impl Default for SignalingConfig {
@@ -116,6 +133,8 @@ impl Default for SignalingConfig {
             max_queued_bytes: 1024 * 1024,
             write_timeout_ms: 10_000,
             read_buffer_bytes: 4096,
+            proxy_protocol_from: Vec::new(),
+            proxy_protocol_max_bytes: 512,
         }
     }
 }

@@ -241,6 +241,8 @@ pub struct Signaling {
     /// This process's incarnation in presence reports: unix ms at start.
     pub(crate) epoch_ms: u64,
     per_ip: Arc<PerIp>,
+    /// Trusted balancers (`proxy_protocol_from`) whose connections carry a PROXY v2 header.
+    pub(crate) proxy: crate::proxy::ProxyPolicy,
     /// `max_queued_bytes`, but never below one largest message (it must fit in the queue).
     max_queued_bytes: usize,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -349,6 +351,8 @@ impl Signaling {
             node_id,
             epoch_ms: super::presence::wall_ms(),
             per_ip: PerIp::new(config.max_connections_per_ip),
+            // Validated at startup (`relay::run`); a bad list here means none is trusted.
+            proxy: config.proxy_policy().unwrap_or_default(),
             max_queued_bytes: config.max_queued_bytes.max(config.max_message_bytes + 1024),
             shutdown: shutdown_rx,
             config,
@@ -576,6 +580,9 @@ async fn accept_loop(sig: Arc<Signaling>, listener: TcpListener) {
     loop {
         tokio::select! {
             res = listener.accept() => match res {
+                Ok((stream, peer)) if sig.proxy.trusts(peer.ip()) => {
+                    tokio::spawn(proxied(sig.clone(), stream, peer));
+                }
                 Ok((stream, peer)) => match sig.per_ip.try_acquire(peer.ip()) {
                     Some(slot) => {
                         tokio::spawn(upgrade(sig.clone(), stream, peer, slot));
@@ -594,6 +601,26 @@ async fn accept_loop(sig: Arc<Signaling>, listener: TcpListener) {
                 }
             },
             _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// A connection from a trusted balancer: its PROXY v2 header (required) names the client,
+/// whose address then takes the per-IP slot and stands in the logs. Others never get here,
+/// so a header from them is garbage before the TLS handshake or the HTTP request.
+async fn proxied(sig: Arc<Signaling>, mut stream: TcpStream, balancer: SocketAddr) {
+    let peer = match crate::proxy::read_header(&mut stream, balancer, &sig.proxy).await {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::debug!(%balancer, error = %e, "signaling PROXY header refused");
+            return;
+        }
+    };
+    match sig.per_ip.try_acquire(peer.ip()) {
+        Some(slot) => upgrade(sig, stream, peer, slot).await,
+        None => {
+            sig.metrics.rejected_per_ip.increment(1);
+            tracing::debug!(%peer, %balancer, "signaling connection over max_connections_per_ip");
         }
     }
 }
