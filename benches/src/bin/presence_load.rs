@@ -10,6 +10,17 @@
 //! ```
 //! The devices are inserted with SQL (activating 100k cameras through the API would take
 //! minutes and is not what is measured); everything presence does goes through the real API.
+//!
+//! `--relays N` replaces the simulated nodes by N real vc-relay processes clustered over NATS
+//! (`--nats`, default nats://127.0.0.1:4222) and `--cameras` real camera WebSockets from this
+//! process, spread round robin over the relays and opened all at once: how long until
+//! vc-control shows every camera online, what holding them idle for `--seconds` costs
+//! Postgres and each relay (rows written/s, RSS per camera), and how long until a clean
+//! disconnect of half of them shows.
+//!
+//! ```sh
+//! target/release/presence_load --relays 2 --cameras 10000 --seconds 60
+//! ```
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use hdrhistogram::Histogram;
 use shared::api::{PresenceEvent, PresenceReport};
-use shared::ticket::{unix_now, TicketKey};
+use shared::ticket::{unix_now, Role, TicketKey};
 use shared::Secret;
 use tokio::process::Command;
 use tokio::sync::Mutex;
@@ -44,6 +55,8 @@ struct Opts {
     seconds: u64,
     churn: usize,
     pg: String,
+    relays: usize,
+    nats: String,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -52,6 +65,8 @@ fn parse_args() -> Result<Opts> {
         nodes: 10,
         seconds: 20,
         churn: 200,
+        relays: 0,
+        nats: "nats://127.0.0.1:4222".into(),
         pg: std::env::var("VC_TEST_PG")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into()),
     };
@@ -64,7 +79,9 @@ fn parse_args() -> Result<Opts> {
             "--seconds" => o.seconds = val()?.parse()?,
             "--churn" => o.churn = val()?.parse()?,
             "--pg" => o.pg = val()?,
-            other => bail!("unknown argument {other}; usage: presence_load [--cameras N] [--nodes N] [--seconds N] [--churn cameras/s] [--pg URL]"),
+            "--relays" => o.relays = val()?.parse()?,
+            "--nats" => o.nats = val()?,
+            other => bail!("unknown argument {other}; usage: presence_load [--cameras N] [--nodes N] [--seconds N] [--churn cameras/s] [--pg URL] [--relays N [--nats URL]]"),
         }
     }
     ensure!(
@@ -208,7 +225,8 @@ async fn main() -> Result<()> {
         ],
     )
     .await?;
-    let http = reqwest::Client::builder()
+    let http = shared::tls::http_client_builder(None)
+        .map_err(anyhow::Error::msg)?
         .pool_max_idle_per_host(o.nodes * 2)
         .build()?;
     // A probe account with 100 of the cameras (its device list is timed); the rest belong to
@@ -236,6 +254,10 @@ async fn main() -> Result<()> {
     let all: Vec<Uuid> = ids.lines().map(Uuid::parse_str).collect::<Result<_, _>>()?;
     ensure!(all.len() == o.cameras, "inserted {}", all.len());
     eprintln!("{} devices inserted in {:?}", all.len(), t0.elapsed());
+
+    if o.relays > 0 {
+        return real_relays(&o, &server, &all).await;
+    }
 
     let driver = Arc::new(Driver {
         http: http.clone(),
@@ -399,5 +421,226 @@ async fn main() -> Result<()> {
         o.cameras / 30,
         o.cameras
     );
+    Ok(())
+}
+
+/// Cameras vc-control shows online now: the devices list's own rule (`status` online and the
+/// lease of the node and epoch that reported it alive; `control::presence::derived_columns`).
+async fn shown_online(db: &str) -> Result<u64> {
+    Ok(psql(
+        db,
+        "SELECT COUNT(*) FROM devices d JOIN node_leases l ON l.node_id = d.presence_node \
+         WHERE d.status = 'online' AND l.epoch = d.presence_epoch \
+           AND l.expires_at_ms > (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    )
+    .await?
+    .parse()?)
+}
+
+/// Polls until `want(shown online)`; how long it took.
+async fn until_shown(db: &str, within: Duration, want: impl Fn(u64) -> bool) -> Result<Duration> {
+    let t0 = Instant::now();
+    loop {
+        let n = shown_online(db).await?;
+        if want(n) {
+            return Ok(t0.elapsed());
+        }
+        ensure!(
+            t0.elapsed() < within,
+            "after {:?} vc-control shows {n} online",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One camera WebSocket held open (reading, so pings are answered) until `close` turns true,
+/// then closed cleanly.
+async fn hold_camera(
+    url: String,
+    token: String,
+    ready: tokio::sync::mpsc::UnboundedSender<Result<()>>,
+    mut close: tokio::sync::watch::Receiver<bool>,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let opened = async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}")).await?;
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("welcome") => Ok(ws),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+    };
+    let opened = tokio::time::timeout(Duration::from_secs(60), opened).await;
+    drop(handshake);
+    let mut ws = match opened {
+        Ok(Ok(ws)) => {
+            let _ = ready.send(Ok(()));
+            ws
+        }
+        Ok(Err(e)) => return drop(ready.send(Err(e))),
+        Err(_) => return drop(ready.send(Err(anyhow::anyhow!("connect timed out")))),
+    };
+    loop {
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(_)) => {}
+                _ => return drop(ready.send(Err(anyhow::anyhow!("relay closed a held camera")))),
+            },
+            _ = close.wait_for(|c| *c) => break,
+        }
+    }
+    let _ = ws.send(Message::Close(None)).await;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+}
+
+async fn real_relays(o: &Opts, server: &vc_benches::Server, all: &[Uuid]) -> Result<()> {
+    vc_benches::raise_fd_limit();
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().context("exe dir")?.join("vc-relay");
+    let db = &server.db_url;
+    let tag = std::process::id();
+    let mut relays = Vec::new();
+    for i in 0..o.relays {
+        let node = format!("presence-bench-{tag}-{i}");
+        let env = [
+            ("VC_TICKET_SECRET", SECRET),
+            ("VC_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("VC_SIGNALING__LISTEN", "127.0.0.1:0"),
+            ("VC_SIGNALING__CONTROL_URL", server.base.as_str()),
+            // Every load connection comes from 127.0.0.1.
+            ("VC_SIGNALING__MAX_CONNECTIONS_PER_IP", "1000000"),
+            ("VC_SIGNALING__MAX_CONNECTIONS", "1000000"),
+            ("VC_TURN__LISTEN", "127.0.0.1:0"),
+            ("VC_CLUSTER__NODE_ID", node.as_str()),
+            ("VC_CLUSTER__NATS_URL", o.nats.as_str()),
+            // Shorter than the hold, so a directory refresh of every camera happens in it.
+            ("VC_CLUSTER__DIRECTORY_REFRESH_SECS", "20"),
+            ("VC_DRAIN_SECS", "0"),
+            ("RUST_LOG", "warn"),
+        ];
+        relays.push(vc_benches::start_relay(&bin, &env).await?);
+    }
+    let urls: Vec<String> = relays
+        .iter()
+        .map(|r| Ok(format!("ws://{}/ws", r.addr("signaling")?)))
+        .collect::<Result<_>>()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0: Vec<u64> = relays.iter().map(|r| vc_benches::rss_kib(r.pid)).collect();
+    let key = TicketKey::new(&Secret::new(SECRET));
+    let n = all.len();
+    println!(
+        "presence_load: {n} camera WebSockets over {} real vc-relay nodes (NATS {}), vc-control on Postgres {}",
+        relays.len(),
+        o.nats,
+        server.base
+    );
+
+    // All at once (up to 1,000 handshakes in flight), round robin over the nodes.
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (close_half, close_half_rx) = tokio::sync::watch::channel(false);
+    let (close_rest, close_rest_rx) = tokio::sync::watch::channel(false);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(1000));
+    let (d0, l0) = (
+        writes(db, "devices").await?,
+        writes(db, "node_leases").await?,
+    );
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for (i, dev) in all.iter().enumerate() {
+        let (token, _) =
+            key.mint_signaling(&dev.to_string(), Role::Camera, vec![*dev], unix_now(), 3600);
+        let url = urls[i % urls.len()].clone();
+        let close = if i % 2 == 0 {
+            &close_half_rx
+        } else {
+            &close_rest_rx
+        }
+        .clone();
+        let ready = ready_tx.clone();
+        let permit = handshakes.clone().acquire_owned();
+        tasks.push(tokio::spawn(async move {
+            let Ok(permit) = permit.await else { return };
+            hold_camera(url, token, ready, close, permit).await
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        ready_rx.recv().await.context("a camera task ended")??;
+    }
+    let connected = t0.elapsed();
+    let lag = until_shown(db, Duration::from_secs(60), |s| s as usize == n).await?;
+    let all_online = t0.elapsed();
+    tokio::time::sleep(STATS_FLUSH).await;
+    let (d1, l1) = (
+        writes(db, "devices").await?,
+        writes(db, "node_leases").await?,
+    );
+    println!("\n| step | result |\n|---|---|");
+    println!(
+        "| {n} cameras connect at once | all welcomed in {:.2} s; vc-control shows all online {:.2} s after the first connect, {:.2} s after the last; {} device rows, {} lease rows written |",
+        connected.as_secs_f64(),
+        all_online.as_secs_f64(),
+        lag.as_secs_f64(),
+        d1 - d0,
+        l1 - l0
+    );
+
+    // Idle: nothing changes; what does holding them cost?
+    let w0 = wal(db).await?;
+    let rss_a: Vec<u64> = relays.iter().map(|r| vc_benches::rss_kib(r.pid)).collect();
+    let cpu_a: Vec<f64> = relays.iter().map(|r| vc_benches::cpu_secs(r.pid)).collect();
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(o.seconds) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        while let Ok(r) = ready_rx.try_recv() {
+            r?;
+        }
+        ensure!(
+            shown_online(db).await? as usize == n,
+            "a camera dropped out during the idle hold"
+        );
+    }
+    let idle = t1.elapsed().as_secs_f64();
+    let w1 = wal(db).await?;
+    tokio::time::sleep(STATS_FLUSH).await;
+    let (d2, l2) = (
+        writes(db, "devices").await?,
+        writes(db, "node_leases").await?,
+    );
+    let rss_b: Vec<u64> = relays.iter().map(|r| vc_benches::rss_kib(r.pid)).collect();
+    let cpu_b: Vec<f64> = relays.iter().map(|r| vc_benches::cpu_secs(r.pid)).collect();
+    println!(
+        "| idle hold {idle:.0} s, all still online | device rows written {:.2}/s, lease rows {:.2}/s, WAL {:.1} KiB/s |",
+        (d2 - d1) as f64 / idle,
+        (l2 - l1) as f64 / idle,
+        (w1 - w0) as f64 / idle / 1024.0,
+    );
+    let per = n.div_ceil(relays.len());
+    for i in 0..relays.len() {
+        println!(
+            "| node {i}: {per} cameras | RSS {} -> {} KiB ({:.2} KiB per camera above empty), {} KiB at the end of the hold; CPU {:.2} % of a core while idle |",
+            rss0[i],
+            rss_a[i],
+            rss_a[i].saturating_sub(rss0[i]) as f64 / per as f64,
+            rss_b[i],
+            (cpu_b[i] - cpu_a[i]) / idle * 100.0,
+        );
+    }
+
+    // Half leave cleanly.
+    close_half.send(true)?;
+    let half = n - n.div_ceil(2);
+    let took = until_shown(db, Duration::from_secs(60), |s| s as usize == half).await?;
+    println!(
+        "| {} cameras close cleanly | vc-control shows {half} online {:.2} s after the closes began |",
+        n.div_ceil(2),
+        took.as_secs_f64()
+    );
+    close_rest.send(true)?;
+    for t in tasks {
+        let _ = t.await;
+    }
     Ok(())
 }

@@ -10,6 +10,10 @@
 //!    CPU-second and HDR round-trip percentiles (open loop measures from the scheduled send time,
 //!    so queueing is not hidden).
 //!
+//! `--baseline ../shared/signaling-baseline` runs the Node.js `ws` reference router through
+//! both phases too, in the same command, with the same driver (a small adapter speaks its
+//! protocol: `?role=&id=` instead of a token, `connected` instead of `session`).
+//!
 //! ```sh
 //! cargo build --release -p relay -p vc-benches --bins
 //! target/release/signaling_load --idle 1000,5000,10000 --pairs 100,1000 \
@@ -192,6 +196,26 @@ impl Relay {
             }
             Proto::NodeBaseline => {
                 let url = format!("{}?role=camera&id={dev}", self.url);
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+                loop {
+                    match ws.next().await.context("closed")?? {
+                        Message::Text(t) if t.contains("welcome") => return Ok(ws),
+                        Message::Text(t) => bail!("expected welcome, got {t}"),
+                        _ => continue,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects a viewer allowed to watch `dev` and waits for the server's welcome.
+    async fn connect_viewer(&self, key: &TicketKey, dev: Uuid) -> Result<Ws> {
+        match self.proto {
+            Proto::VcRelay => {
+                connect(&self.url, &token(key, Role::Viewer, "load", vec![dev])).await
+            }
+            Proto::NodeBaseline => {
+                let url = format!("{}?role=viewer&id=viewer-{dev}", self.url);
                 let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
                 loop {
                     match ws.next().await.context("closed")?? {
@@ -400,17 +424,9 @@ async fn setup_pairs(
     let mut pairs = Vec::with_capacity(m);
     for _ in 0..m {
         let dev = Uuid::new_v4();
-        let cam = connect(
-            &cam_relay.url,
-            &token(key, Role::Camera, &dev.to_string(), vec![dev]),
-        )
-        .await?;
+        let cam = cam_relay.connect_camera(key, dev).await?;
         tokio::spawn(echo_camera(cam, stop.clone()));
-        let mut viewer = connect(
-            &viewer_relay.url,
-            &token(key, Role::Viewer, "load", vec![dev]),
-        )
-        .await?;
+        let mut viewer = viewer_relay.connect_viewer(key, dev).await?;
         // Across nodes the directory entry may still be on its way: retry a little.
         let mut tries = 0;
         let session = loop {
@@ -419,13 +435,23 @@ async fn setup_pairs(
                     &ClientMessage::Connect { device_id: dev },
                 )?))
                 .await?;
-            match next_msg(&mut viewer).await? {
-                ServerMessage::Session { session_id, .. } => break session_id,
-                ServerMessage::Error { .. } if tries < 50 => {
+            let reply = loop {
+                match viewer.next().await.context("closed")?? {
+                    Message::Text(t) => break serde_json::from_str::<serde_json::Value>(&t)?,
+                    Message::Close(f) => bail!("closed: {f:?}"),
+                    _ => continue,
+                }
+            };
+            // vc-relay answers `session`, the Node.js router `connected`; both name it.
+            match reply["type"].as_str() {
+                Some("session" | "connected") => {
+                    break Uuid::parse_str(reply["session_id"].as_str().context("session_id")?)?
+                }
+                Some("error") if tries < 50 => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                other => bail!("expected session, got {other:?}"),
+                _ => bail!("expected a session, got {reply}"),
             }
         };
         pairs.push(Pair { viewer, session });
@@ -557,22 +583,31 @@ async fn pairs(args: &Args, key: &TicketKey) -> Result<()> {
     println!("\n## viewer<->camera pairs (one round trip = 2 routed messages, ~200-byte payloads, {} s each)\n", args.secs);
     println!("| pairs | placement | mode | offered msgs/s | routed msgs/s | relay CPU | routed msgs per relay CPU-s | p50 ms | p99 ms | p99.9 ms |");
     println!("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let placements: &[&str] = if args.cluster.is_some() {
-        &["same-node", "cross-node"]
+    let mut placements: Vec<&str> = if args.cluster.is_some() {
+        vec!["same-node", "cross-node"]
     } else {
-        &["single"]
+        vec!["single"]
     };
+    // The reference router under the same load, in the same command.
+    if args.baseline.is_some() {
+        placements.push("Node.js baseline");
+    }
     for &m in &args.pairs {
         let mut modes: Vec<Option<u64>> = vec![None];
         modes.extend(args.rates.iter().map(|r| Some(*r)));
         for mode in modes {
-            for &placement in placements {
+            for &placement in &placements {
                 // Fresh relays per run: nothing left over from the previous one.
                 let nats = args.cluster.as_deref();
-                let relay = Relay::start(&args.relay, nats.map(|n| ("load-a", n))).await?;
-                let other = match nats {
-                    Some(n) => Some(Relay::start(&args.relay, Some(("load-b", n))).await?),
-                    None => None,
+                let (relay, other) = match (&args.baseline, placement) {
+                    (Some(dir), "Node.js baseline") => (Relay::start_baseline(dir).await?, None),
+                    _ => (
+                        Relay::start(&args.relay, nats.map(|n| ("load-a", n))).await?,
+                        match nats {
+                            Some(n) => Some(Relay::start(&args.relay, Some(("load-b", n))).await?),
+                            None => None,
+                        },
+                    ),
                 };
                 let viewer_relay = match (&other, placement) {
                     (Some(b), "cross-node") => b,
