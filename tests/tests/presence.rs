@@ -464,6 +464,14 @@ async fn thousands_of_cameras_stay_right() -> Result<()> {
         metric(&metrics, "vc_relay_signaling_presence_failures_total").unwrap_or(0.0) == 0.0,
         "presence reports failed"
     );
+    // Presence lag is exported: at least one report per 200 changes, none slow on average.
+    let lag_count =
+        metric(&metrics, "vc_relay_signaling_presence_lag_seconds_count").unwrap_or(0.0);
+    let lag_sum = metric(&metrics, "vc_relay_signaling_presence_lag_seconds_sum").unwrap_or(0.0);
+    ensure!(
+        lag_count >= (n / 200) as f64 && lag_sum / lag_count < 5.0,
+        "presence lag: {lag_count} reports, {lag_sum} s in all"
+    );
 
     // Half disconnect cleanly: offline within 2 s, the rest stay online.
     let leaving: Vec<HeldCamera> = held.drain(..n / 2).collect();

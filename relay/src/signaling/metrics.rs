@@ -1,7 +1,7 @@
 //! Signaling metrics (`vc_relay_signaling_*`), registered once so the message path only bumps
 //! atomics instead of looking names up.
 
-use metrics::{counter, gauge, Counter, Gauge};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use shared::signaling::{ErrorCode, ServerMessage};
 
 /// Handles of every signaling metric.
@@ -28,6 +28,8 @@ pub struct SignalingMetrics {
     pub presence_failures: Counter,
     pub presence_events_dropped: Counter,
     pub presence_pending: Gauge,
+    /// From a camera's change to vc-control accepting it (the oldest change of each report).
+    pub presence_lag: Histogram,
 }
 
 const CODES: [ErrorCode; 10] = [
@@ -71,6 +73,7 @@ impl SignalingMetrics {
             presence_failures: counter!("vc_relay_signaling_presence_failures_total"),
             presence_events_dropped: counter!("vc_relay_signaling_presence_events_dropped_total"),
             presence_pending: gauge!("vc_relay_signaling_presence_pending_events"),
+            presence_lag: histogram!("vc_relay_signaling_presence_lag_seconds"),
         }
     }
 

@@ -152,6 +152,12 @@ impl Reporter {
 
     /// What became of the report in flight. `jitter` in `[0, 1)` spreads retries of a fleet.
     /// Returns the number of events dropped (rejected).
+    /// When the oldest event of the report in flight happened (wall ms): its presence lag is
+    /// the time from then until vc-control accepts the report.
+    pub fn in_flight_oldest_ms(&self) -> Option<u64> {
+        self.inflight.as_ref()?.iter().map(|e| e.at_ms).min()
+    }
+
     pub fn on_outcome(&mut self, outcome: Outcome, now: Instant, jitter: f64) -> usize {
         let Some(events) = self.inflight.take() else {
             return 0;
@@ -327,9 +333,16 @@ pub(crate) async fn run(sig: Arc<Signaling>, mut rx: mpsc::UnboundedReceiver<Pre
             done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
                 inflight = None;
                 let (outcome, ack, why) = done.unwrap_or((Outcome::Retry, None, "reporter task failed".into()));
+                let oldest = reporter.in_flight_oldest_ms();
                 let dropped = reporter.on_outcome(outcome, Instant::now(), rand::random::<f64>());
                 match outcome {
-                    Outcome::Accepted => sig.metrics.presence_reports.increment(1),
+                    Outcome::Accepted => {
+                        sig.metrics.presence_reports.increment(1);
+                        if let Some(at) = oldest {
+                            let lag_ms = wall_ms().saturating_sub(at);
+                            sig.metrics.presence_lag.record(lag_ms as f64 / 1000.0);
+                        }
+                    }
                     Outcome::Retry => {
                         sig.metrics.presence_failures.increment(1);
                         tracing::warn!(error = %why, url = %url, "presence report failed; retrying");
@@ -479,6 +492,11 @@ mod tests {
         r.push(ev(b, true, 2), t0);
         let t1 = t0 + LIMITS.batch;
         assert_eq!(r.poll_report(t1).unwrap().len(), 2);
+        assert_eq!(
+            r.in_flight_oldest_ms(),
+            Some(1),
+            "the lag counts from the oldest"
+        );
         // While it is in flight, a goes offline.
         r.push(ev(a, false, 3), t1 + Duration::from_millis(1));
         r.on_outcome(Outcome::Retry, t1, 0.999);
@@ -499,7 +517,10 @@ mod tests {
         assert!(gap <= BACKOFF_MAX && gap > BACKOFF_MAX / 2, "{gap:?}");
         assert_eq!(r.pending(), 2, "still one event per device");
         r.poll_report(t + gap).unwrap();
+        // Retried events keep their own time: the lag includes every failed attempt.
+        assert_eq!(r.in_flight_oldest_ms(), Some(2));
         r.on_outcome(Outcome::Accepted, t + gap, 0.0);
+        assert_eq!(r.in_flight_oldest_ms(), None);
         assert_eq!(r.pending(), 0);
         assert_eq!(r.backoff, BACKOFF_START);
     }
