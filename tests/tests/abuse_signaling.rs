@@ -34,7 +34,10 @@ async fn start_relay(extra: &[(&str, &str)]) -> Result<Running> {
 /// The relay's Prometheus text.
 async fn metrics(relay: &Running) -> Result<String> {
     let url = format!("{}/metrics", relay.url("admin"));
-    Ok(reqwest::get(url).await?.error_for_status()?.text().await?)
+    let http = shared::tls::http_client_builder(None)
+        .map_err(anyhow::Error::msg)?
+        .build()?;
+    Ok(http.get(url).send().await?.error_for_status()?.text().await?)
 }
 
 /// The value of the sample line starting with `series` (name and labels), 0 if absent.

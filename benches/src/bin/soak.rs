@@ -703,7 +703,10 @@ async fn run(a: Args) -> Result<bool> {
 
     let fd_end = open_fds(pid);
     let rss_end = rss_kib(pid);
-    let text = reqwest::get(&metrics_url).await?.text().await?;
+    let http = shared::tls::http_client_builder(None)
+        .map_err(anyhow::Error::msg)?
+        .build()?;
+    let text = http.get(&metrics_url).send().await?.text().await?;
     let m = |name: &str| metric(&text, name).unwrap_or(f64::NAN);
     let active = m("vc_relay_turn_allocations_active");
     let created = m("vc_relay_turn_allocations_created_total");
