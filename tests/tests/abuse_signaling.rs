@@ -37,7 +37,13 @@ async fn metrics(relay: &Running) -> Result<String> {
     let http = shared::tls::http_client_builder(None)
         .map_err(anyhow::Error::msg)?
         .build()?;
-    Ok(http.get(url).send().await?.error_for_status()?.text().await?)
+    Ok(http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
 }
 
 /// The value of the sample line starting with `series` (name and labels), 0 if absent.
