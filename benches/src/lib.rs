@@ -192,3 +192,87 @@ pub fn raise_fd_limit() {
         }
     }
 }
+
+/// The value of the Prometheus metric `name` in a `/metrics` text, summed over its label sets.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        *found.get_or_insert(0.0) += v;
+    }
+    found
+}
+
+/// The 1-, 5- and 15-minute load averages, as `/proc/loadavg` prints them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Median of `v` (NaN when empty; the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1` (rcgen), generated per run and
+/// written into a directory: never a committed key.
+pub struct SelfSigned {
+    /// PEM certificate (`cert.pem`): what the relay serves and the clients trust.
+    pub cert: std::path::PathBuf,
+    /// PEM PKCS#8 private key (`key.pem`).
+    pub key: std::path::PathBuf,
+}
+
+/// Generates a [`SelfSigned`] certificate into `dir`.
+pub fn self_signed_cert(dir: &Path) -> Result<SelfSigned> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem())?;
+    std::fs::write(&key, ck.key_pair.serialize_pem())?;
+    Ok(SelfSigned { cert, key })
+}
+
+/// A UDP port `p` on 127.0.0.1 with `p + 1` free too (`turnutils_peer` listens on both).
+pub fn free_udp_port_pair() -> Result<u16> {
+    for _ in 0..100 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let p = s.local_addr()?.port();
+        if p < 65535 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("no free UDP port pair")
+}
+
+/// A port on 127.0.0.1 free for both TCP and UDP right now (for servers that need a fixed
+/// port in their config, like coturn).
+pub fn free_port() -> Result<u16> {
+    for _ in 0..100 {
+        let t = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let p = t.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("no free port")
+}

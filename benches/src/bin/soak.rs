@@ -46,7 +46,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
-use vc_benches::{cpu_secs, open_fds, rss_kib, start_relay};
+use vc_benches::{cpu_secs, metric, open_fds, rss_kib, start_relay};
 
 const SECRET: &str = "soak-ticket-secret-at-least-32-bytes-long";
 const REALM: &str = "vc.test";
@@ -571,22 +571,6 @@ async fn signaling_churn(
         while visits.try_join_next().is_some() {}
     }
     while visits.join_next().await.is_some() {}
-}
-
-/// Sum of every series of `name` (all label sets) in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-        *found.get_or_insert(0.0) += v;
-    }
-    found
 }
 
 /// Least-squares slope of `(x, y)` points.
