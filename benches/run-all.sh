@@ -2,9 +2,10 @@
 # Every side-by-side benchmark in one command (issue 13), each against its baseline in the same
 # run: TURN vs coturn (coturn's turnutils_uclient through ../shared/turn-bench), signaling vs
 # the Node.js `ws` reference router (../shared/signaling-baseline), the control API on SQLite
-# and Postgres. Writes one markdown report with the date, commit and machine:
+# and Postgres, and TLS/QUIC (issue 10: idle WS/WSS/QUIC camera links, TURN over TLS vs coturn
+# over TLS, `tls_load`). Writes one markdown report with the date, commit and machine:
 #
-#   benches/run-all.sh [-r REPS] [-o DIR] [--quick] [--only turn,signaling,control]
+#   benches/run-all.sh [-r REPS] [-o DIR] [--quick] [--only turn,signaling,control,tls]
 #
 # REPS (default 3) runs of each; the report gives medians with min-max. --quick: 1 rep, short
 # phases (a smoke run of the whole command, not figures to quote). Speed is never asserted:
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 reps=3
 quick=0
-only="turn,signaling,control"
+only="turn,signaling,control,tls"
 out="${TMPDIR:-/tmp}/vc-bench-$(date -u +%Y%m%dT%H%M%SZ)"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     -o) out=$2; shift 2 ;;
     --quick) quick=1; reps=1; shift ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [-r REPS] [-o DIR] [--quick] [--only turn,signaling,control]" >&2; exit 2 ;;
+    *) echo "usage: $0 [-r REPS] [-o DIR] [--quick] [--only turn,signaling,control,tls]" >&2; exit 2 ;;
   esac
 done
 kit="$root/../shared"
@@ -98,6 +99,16 @@ TOML
      || { echo "turn-bench failed, see $out/turn.log" >&2; exit 1; }
   { echo; echo "## TURN: vc-relay vs coturn (turnutils_uclient, turn-bench kit)"; echo;
     cat "$out/turn/summary.md" 2>/dev/null || tail -40 "$out/turn.log"; } >> "$report"
+fi
+
+if want tls; then
+  # tls_load runs its reps itself (interleaved, fresh relay per run) and prints medians.
+  echo "TLS and QUIC (load average $(load))" >&2
+  command -v turnserver >/dev/null || { echo "coturn is not installed (apt-get install coturn)" >&2; exit 1; }
+  if [ $quick = 1 ]; then targs=(--n 1000 --hold 5 --variants a,b --reps 1)
+  else targs=(--reps "$reps"); fi
+  "$bin/tls_load" "${targs[@]}" > "$out/tls.md"
+  { echo; sed 's/^#/##/' "$out/tls.md"; } >> "$report"
 fi
 
 echo "report: $report" >&2
