@@ -1,4 +1,4 @@
-//! The camera's signaling link to vc-relay: a WebSocket (`ws://`, the ticket's `url`) or QUIC
+//! The camera's signaling link to vc-relay: a WebSocket (`ws://` or `wss://`, the ticket's `url`) or QUIC
 //! (`quic://host:port`, the ticket's `quic_url`; quinn, ALPN `vc-signal/1`). Both are exposed
 //! as the same stream and sink of tungstenite messages, so [`crate::run`] serves them alike.
 //!
@@ -14,8 +14,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{future, Sink, SinkExt, Stream, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::version;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// The ALPN protocol of the relay's QUIC signaling listener.
@@ -81,19 +86,72 @@ impl QuicLink {
     }
 }
 
-/// `ws://` or `wss://` `url` (already carrying `?token=`), within `timeout`.
-pub async fn websocket(url: &str, timeout: Duration) -> Result<Link, String> {
-    let ws = match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => return Err(format!("websocket: {e}")),
-        Err(_) => return Err("websocket: timed out".into()),
+/// `ws://` or `wss://` `url` (already carrying `?token=`), within `timeout`. `wss://` trusts
+/// `ca_file` (else the system's roots), like HTTPS and QUIC, and offers ALPN `http/1.1` so a
+/// relay's single TLS port routes it to signaling without sniffing.
+pub async fn websocket(
+    url: &str,
+    ca_file: Option<&Path>,
+    timeout: Duration,
+) -> Result<Link, String> {
+    match tokio::time::timeout(timeout, websocket_connect(url, ca_file)).await {
+        Ok(result) => result.map_err(|e| format!("websocket: {e}")),
+        Err(_) => Err("websocket: timed out".into()),
+    }
+}
+
+async fn websocket_connect(url: &str, ca_file: Option<&Path>) -> Result<Link, String> {
+    let request = url.into_client_request().map_err(|e| e.to_string())?;
+    let secure = match request.uri().scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        _ => return Err(format!("{url:?} is not a ws:// or wss:// URL")),
     };
+    let host = request
+        .uri()
+        .host()
+        .ok_or_else(|| format!("{url:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = request
+        .uri()
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+    // Signaling messages are small and latency-bound.
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    if !secure {
+        let (ws, _) = tokio_tungstenite::client_async(request, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(websocket_link(ws));
+    }
+    let mut tls = shared::tls::client_config(ca_file, &[&version::TLS13, &version::TLS12])?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host:?}: {e}"))?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(websocket_link(ws))
+}
+
+fn websocket_link<S>(ws: WebSocketStream<S>) -> Link
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sink, stream) = ws.split();
-    Ok(Link {
+    Link {
         sink: Box::pin(sink),
         stream: Box::pin(stream),
         quic: None,
-    })
+    }
 }
 
 /// `host` and `port` of a `quic://host:port` URL (IPv6 hosts in brackets).

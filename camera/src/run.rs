@@ -255,9 +255,13 @@ impl<'a> Connection<'a> {
         let base = &self.ticket.signaling.url;
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}token={}", self.ticket.signaling.token);
-        let link = crate::link::websocket(&url, Duration::from_secs(10))
-            .await
-            .map_err(|e| format!("connect {base}: {e}"))?;
+        let link = crate::link::websocket(
+            &url,
+            self.config.ca_file.as_deref(),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| format!("connect {base}: {e}"))?;
         Ok((link, format!("ws {base}")))
     }
 

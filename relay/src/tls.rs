@@ -222,6 +222,7 @@ pub(crate) async fn serve_single_port(
                 match crate::proxy::read_header(&mut stream, peer, &sig.proxy).await {
                     Ok(client) => client,
                     Err(e) => {
+                        sig.metrics.rejected_proxy_header.increment(1);
                         tracing::debug!(balancer = %peer, error = %e, "single-port PROXY header refused");
                         return;
                     }

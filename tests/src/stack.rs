@@ -28,6 +28,23 @@ pub async fn start_relay(
     start("vc-relay", &[], &env).await
 }
 
+/// The Prometheus text of vc-relay's admin `/metrics`.
+pub async fn relay_metrics(relay: &Running) -> Result<String> {
+    let client = shared::tls::http_client_builder(None)
+        .map_err(anyhow::Error::msg)?
+        .build()?;
+    let response = client
+        .get(format!("http://{}/metrics", relay.addr("admin")))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "relay /metrics {}",
+        response.status()
+    );
+    Ok(response.text().await?)
+}
+
 /// One Prometheus sample's value from a text exposition (`name` with no labels, or
 /// `name{labels}` exactly as exported); `None` when absent.
 pub fn metric(text: &str, name: &str) -> Option<f64> {

@@ -78,8 +78,9 @@ async fn viewer_app_watches_camera_through_relay_in_chromium() -> Result<()> {
 /// the relay's single TLS port (the page can reach the relay only through the ticket's URL);
 /// the camera activates and fetches tickets over HTTPS and links over QUIC, trusting the test
 /// certificate; the relay reports presence to the HTTPS vc-control. Relay-only video through
-/// vc-relay is decoded. Chromium picks the UDP TURN candidate when both are offered, so the
-/// `turns:` path itself is proven by `turn_browser.rs`.
+/// vc-relay is decoded. Chromium runs with UDP forbidden (as behind a TCP-443-only firewall),
+/// so its relay candidate is the `turns:` one on the single port although UDP TURN is offered
+/// too (which the camera, whose WebRTC stack has no TURN over TLS, uses).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewer_app_over_https_with_wss_and_turns_on_the_single_port() -> Result<()> {
     require_browser_kit()?;
@@ -160,10 +161,14 @@ async fn tls_walk_through() -> Result<()> {
         &control_url,
         &format!("127.0.0.1:{single_port}"),
         &[
+            // The viewer's relay candidate must come from `turns:` on the single port: Chromium
+            // runs as behind a firewall that lets only TCP out (Chromium's `--webrtc-ip-handling-policy`
+            // `disable_non_proxied_udp`: no UDP at all, so no UDP TURN; the camera keeps UDP).
             "--turn-url",
-            &format!("turn:127.0.0.1:{turn_udp}"),
+            &turns,
             "--relay-walk-only",
             "--flag=--ignore-certificate-errors",
+            "--flag=--webrtc-ip-handling-policy=disable_non_proxied_udp",
         ],
         dir.path(),
         Some(&cert_file),

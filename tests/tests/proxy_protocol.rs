@@ -159,13 +159,13 @@ async fn signaling_per_ip_cap_counts_the_proxied_client() -> Result<()> {
     // The same untrusted source without a header: served as usual.
     let s = connect_from("127.0.0.2", &sig).await?;
     ws_upgrade(s, &sig).await.context("plain upgrade")?;
-    // The trusted balancer without a header: refused.
+    // The trusted balancer without a header: refused, and counted.
     let s = connect_from("127.0.0.1", &sig).await?;
     ensure!(
         ws_upgrade(s, &sig).await.is_err(),
         "the balancer's bare connection was upgraded"
     );
-    Ok(())
+    proxy_header_rejections_counted(&relay).await
 }
 
 /// The same on the single TLS port (`tls.single_port_listen`): the balancer's header comes
@@ -231,5 +231,23 @@ async fn single_port_per_ip_cap_counts_the_proxied_client() -> Result<()> {
         via_balancer(None, "127.0.0.1").await.is_err(),
         "the balancer's bare connection was upgraded"
     );
-    Ok(())
+    proxy_header_rejections_counted(&relay).await
+}
+
+/// Exactly one refused header so far (the balancer's bare connection), in the metric ops alert
+/// on: a balancer that lost `send-proxy-v2` shows up there, not only in debug logs.
+async fn proxy_header_rejections_counted(relay: &vc_tests::Running) -> Result<()> {
+    let name = "vc_relay_signaling_connections_rejected_total{reason=\"proxy_header\"}";
+    // The refusal is counted when the relay gives up on the header, which may be just after
+    // the client saw its connection fail.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = vc_tests::stack::relay_metrics(relay).await?;
+        let value = vc_tests::stack::metric(&text, name);
+        if value == Some(1.0) || tokio::time::Instant::now() > deadline {
+            ensure!(value == Some(1.0), "{name} = {value:?}");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

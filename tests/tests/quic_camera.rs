@@ -4,7 +4,8 @@
 //! UDP socket moves to a new port (SIGUSR1: `Endpoint::rebind`): the viewer keeps receiving,
 //! the camera gets no new `welcome` (no `offline`, one `online`), vc-control's presence row
 //! is untouched (same connection id, no new event), and a second viewer's offer reaches the
-//! camera over the migrated path.
+//! camera over the migrated path. With UDP blocked (the ticket's QUIC port drops every
+//! datagram) the camera in `auto` falls back to its `wss://` URL and streams the same way.
 
 use std::time::Duration;
 
@@ -24,7 +25,22 @@ async fn camera_over_quic_streams_and_survives_a_socket_rebind() -> Result<()> {
         .context("QUIC camera flow exceeded its deadline")?
 }
 
-async fn flow() -> Result<()> {
+/// vc-relay with `[tls]`, vc-control naming its `wss://` URL and `quic_url` (from the
+/// relay's QUIC port, or `quic_url` when given), one activated camera, and the real vc-camera
+/// started on it in `auto`.
+struct Stack {
+    _dir: tempfile::TempDir,
+    cert: TestCert,
+    relay: vc_tests::Running,
+    control: Control,
+    jwt: String,
+    device: uuid::Uuid,
+    camera: vc_tests::Running,
+    signaling_url: String,
+    quic_url: String,
+}
+
+async fn stack(uid: &str, quic_url: Option<String>) -> Result<Stack> {
     let dir = tempfile::tempdir()?;
     let cert = TestCert::generate()?;
     let (cert_file, key_file) = cert.write(dir.path())?;
@@ -58,7 +74,10 @@ async fn flow() -> Result<()> {
     };
     // DNS names, as production URIs must be (the certificate is for localhost).
     let signaling_url = format!("wss://localhost:{}/ws", port("signaling")?);
-    let quic_url = format!("quic://localhost:{}", port("quic")?);
+    let quic_url = match quic_url {
+        Some(url) => url,
+        None => format!("quic://localhost:{}", port("quic")?),
+    };
     let turn_uris = format!("[\"turn:127.0.0.1:{}?transport=udp\"]", port("turn-udp")?);
     let listen = format!("127.0.0.1:{control_port}");
     let control = Control::start(
@@ -73,8 +92,8 @@ async fn flow() -> Result<()> {
         ],
     )
     .await?;
-    let jwt = control.user("quic-cam@example.com").await?;
-    let (device, secret) = control.camera(&jwt, "VC-QUIC-1").await?;
+    let jwt = control.user(&format!("{uid}@example.com")).await?;
+    let (device, secret) = control.camera(&jwt, uid).await?;
     // Only camera tickets name the QUIC link.
     let camera_ticket = control.camera_ticket(device, &secret).await?;
     ensure!(camera_ticket.signaling.quic_url.as_deref() == Some(quic_url.as_str()));
@@ -87,7 +106,7 @@ async fn flow() -> Result<()> {
 
     let state = dir.path().join("camera-state.json");
     CameraState {
-        device_uid: "VC-QUIC-1".into(),
+        device_uid: uid.into(),
         device_id: Some(device),
         device_secret: Some(secret),
         server_url: Some(control_url.clone()),
@@ -111,6 +130,75 @@ async fn flow() -> Result<()> {
         &[],
     )
     .await?;
+    Ok(Stack {
+        _dir: dir,
+        cert,
+        relay,
+        control,
+        jwt,
+        device,
+        camera,
+        signaling_url,
+        quic_url,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn camera_falls_back_to_wss_when_udp_is_blocked() -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(120), fallback())
+        .await
+        .context("WSS fallback flow exceeded its deadline")?
+}
+
+async fn fallback() -> Result<()> {
+    // A UDP port that swallows every datagram: the QUIC handshake never completes, as behind
+    // a firewall that drops UDP.
+    let blackhole = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let quic_url = format!("quic://localhost:{}", blackhole.local_addr()?.port());
+    // Every part is kept to the end: dropping the temp dir would delete the camera's CA file.
+    let Stack {
+        _dir,
+        cert,
+        control,
+        jwt,
+        device,
+        camera,
+        signaling_url,
+        relay,
+        ..
+    } = stack("VC-WSS-1", Some(quic_url)).await?;
+    // The camera gives QUIC its 5 s handshake deadline, then links over wss://.
+    let link = camera.wait_line("link ", Duration::from_secs(20)).await?;
+    ensure!(link == format!("link ws {signaling_url}"), "{link}");
+    camera.wait_line("online ", Duration::from_secs(15)).await?;
+    control.wait_status(&jwt, device, "online").await?;
+    let ticket = || control.viewer_ticket(&jwt, device);
+    let mut viewer =
+        viewer_until_online_wss(ticket, device, Duration::from_secs(15), &cert.der).await?;
+    viewer.frames(20).await?;
+    viewer.close().await;
+    let out = camera.output();
+    ensure!(
+        out.iter().filter(|l| l.starts_with("link ")).count() == 1,
+        "the camera relinked: {out:#?}"
+    );
+    drop(relay);
+    Ok(())
+}
+
+async fn flow() -> Result<()> {
+    // Every part is kept to the end: dropping the temp dir would delete the camera's CA file.
+    let Stack {
+        _dir,
+        cert,
+        control,
+        jwt,
+        device,
+        camera,
+        quic_url,
+        relay: _relay,
+        ..
+    } = stack("VC-QUIC-1", None).await?;
     // `auto` picks QUIC because the ticket offers it.
     let link = camera.wait_line("link ", Duration::from_secs(15)).await?;
     ensure!(link == format!("link quic {quic_url}"), "{link}");

@@ -24,6 +24,8 @@ pub struct SignalingMetrics {
     pub rejected_per_ip: Counter,
     pub rejected_max_connections: Counter,
     pub rejected_handshake_timeout: Counter,
+    /// A trusted balancer's connection without a valid PROXY v2 header.
+    pub rejected_proxy_header: Counter,
     pub presence_reports: Counter,
     pub presence_failures: Counter,
     pub presence_events_dropped: Counter,
@@ -69,6 +71,7 @@ impl SignalingMetrics {
             rejected_per_ip: rejected("per_ip"),
             rejected_max_connections: rejected("max_connections"),
             rejected_handshake_timeout: rejected("handshake_timeout"),
+            rejected_proxy_header: rejected("proxy_header"),
             presence_reports: counter!("vc_relay_signaling_presence_reports_total"),
             presence_failures: counter!("vc_relay_signaling_presence_failures_total"),
             presence_events_dropped: counter!("vc_relay_signaling_presence_events_dropped_total"),

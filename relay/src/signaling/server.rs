@@ -612,6 +612,7 @@ async fn proxied(sig: Arc<Signaling>, mut stream: TcpStream, balancer: SocketAdd
     let peer = match crate::proxy::read_header(&mut stream, balancer, &sig.proxy).await {
         Ok(peer) => peer,
         Err(e) => {
+            sig.metrics.rejected_proxy_header.increment(1);
             tracing::debug!(%balancer, error = %e, "signaling PROXY header refused");
             return;
         }
