@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -100,6 +100,40 @@ async fn sqlite_survives_kill_9() -> Result<()> {
 #[tokio::test]
 async fn postgres_survives_kill_9() -> Result<()> {
     durability(Db::Postgres).await
+}
+
+/// Postgres ends every vc-control connection (a database restart or failover does this): the
+/// next requests are served, none gets a 500 from a dead pooled connection. vc-control pings a
+/// connection that sat idle before using it (`db::PING_IF_IDLE_FOR`), instead of on every
+/// query as sqlx does by default, which cost one database round trip per query.
+#[tokio::test]
+async fn postgres_connections_cut_by_the_server_are_replaced_before_use() -> Result<()> {
+    let c = Control::start(Db::Postgres, SECRET, &[]).await?;
+    let jwt = c.user("cut-connections@example.com").await?;
+    // A few requests at once so the pool holds several connections.
+    let list = || c.get("/api/camera/devices", Some(&jwt));
+    let (a, b, d) = tokio::join!(list(), list(), list());
+    for r in [a, b, d] {
+        let (status, body) = r?;
+        ensure!(status == StatusCode::OK, "before: {status} {body}");
+    }
+    let cut = c
+        .sql(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await?;
+    ensure!(cut.trim().parse::<u32>()? >= 1, "no connection cut: {cut}");
+    // Past the idle threshold: every pooled connection is checked before it serves.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..5 {
+        let (status, body) = list().await?;
+        ensure!(
+            status == StatusCode::OK,
+            "request {i} after the cut: {status} {body}"
+        );
+    }
+    Ok(())
 }
 
 /// What the load client was told (2xx answers) and what it sent without hearing back.
