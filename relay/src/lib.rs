@@ -137,6 +137,7 @@ impl Relay {
             let endpoint = signaling::quic::endpoint(
                 &config.quic.listen,
                 cert.server_config(&[signaling::quic::ALPN]),
+                config.signaling.max_message_bytes,
             )?;
             quic_addr = Some(endpoint.local_addr()?);
             quic_task = Some(tokio::spawn(signaling::quic::serve(

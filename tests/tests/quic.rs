@@ -364,3 +364,36 @@ async fn pongs_keep_a_connection_alive_and_silence_hits_the_idle_timeout() -> Re
     );
     expect_app_close(&silent, 4000).await
 }
+
+/// A camera link is one stream: the relay lets a client open one bidirectional stream and
+/// no unidirectional ones, and offers no datagrams, so a client cannot make it keep state
+/// for many streams (quinn's default would be 100 of each, megabyte windows).
+#[tokio::test]
+async fn a_client_gets_one_stream_and_no_datagrams() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (relay, cert) = quic_relay(dir.path(), &[]).await?;
+    let key = TicketKey::new(&Secret::new(SECRET));
+    let conn = quic_connect(relay.addr("quic"), &cert.der).await?;
+    let (mut cs, mut cr) = conn.open_bi().await?;
+    write_frame(
+        &mut cs,
+        &ClientMessage::Auth {
+            token: camera_token(&key, Uuid::new_v4()),
+        },
+    )
+    .await?;
+    ensure!(
+        matches!(next(&mut cr).await?, ServerMessage::Welcome { .. }),
+        "no welcome"
+    );
+    // Opening waits for stream credit that never comes.
+    let second = tokio::time::timeout(std::time::Duration::from_millis(500), conn.open_bi()).await;
+    ensure!(second.is_err(), "a second bidirectional stream was opened");
+    let uni = tokio::time::timeout(std::time::Duration::from_millis(500), conn.open_uni()).await;
+    ensure!(uni.is_err(), "a unidirectional stream was opened");
+    ensure!(
+        conn.max_datagram_size().is_none(),
+        "the relay offers datagrams"
+    );
+    Ok(())
+}

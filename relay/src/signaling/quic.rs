@@ -29,17 +29,36 @@ use crate::Error;
 pub const ALPN: &[u8] = b"vc-signal/1";
 
 /// Binds the QUIC endpoint on `listen` with `tls` (TLS 1.3 only, as QUIC requires).
+/// `max_message_bytes`: the signaling message limit, which sizes the flow-control windows.
 pub fn endpoint(
     listen: &str,
     tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    max_message_bytes: usize,
 ) -> Result<quinn::Endpoint, Error> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|e| Error::Config(format!("quic.listen {listen:?}: {e}")))?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| Error::Config(format!("QUIC TLS config: {e}")))?;
-    let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport(max_message_bytes)));
     Ok(quinn::Endpoint::server(config, addr)?)
+}
+
+/// A camera link is one bidirectional stream of small frames, not a bulk transfer: the
+/// client may open that one stream only (no uni streams, no datagrams), and the windows hold
+/// one largest message twice over instead of quinn's megabytes, so a client cannot make
+/// the relay buffer more than that per connection.
+fn transport(max_message_bytes: usize) -> quinn::TransportConfig {
+    let window = u32::try_from((max_message_bytes + 4).saturating_mul(2)).unwrap_or(u32::MAX);
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(None)
+        .stream_receive_window(VarInt::from_u32(window))
+        .receive_window(VarInt::from_u32(window))
+        .send_window(u64::from(window));
+    t
 }
 
 /// Accepts QUIC connections until the endpoint or the signaling plane shuts down.
@@ -134,6 +153,11 @@ fn host_of(addr: &SocketAddr) -> String {
     }
 }
 
+/// First read buffer of a QUIC frame reader: room for a length and a small frame.
+const READ_BUFFER_START: usize = 256;
+/// Queued outbound frame bytes that make the writer hand them to the stream before more.
+const FLUSH_AT_BYTES: usize = 16 * 1024;
+
 /// One QUIC bidirectional stream as a stream and sink of tungstenite messages.
 pub(crate) struct Frames {
     read: FramedRead<RecvStream, LengthDelimitedCodec>,
@@ -167,9 +191,13 @@ impl Frames {
             .length_field_type::<u32>()
             .max_frame_length(u32::MAX as usize)
             .new_codec();
+        // tokio-util's frames start with 8 KiB buffers each way, most of an idle camera link's
+        // memory: start small instead (a frame's length, once read, reserves what it needs).
+        let mut write = FramedWrite::with_capacity(send, write, 0);
+        write.set_backpressure_boundary(FLUSH_AT_BYTES);
         Self {
-            read: FramedRead::new(recv, read),
-            write: FramedWrite::new(send, write),
+            read: FramedRead::with_capacity(recv, read, READ_BUFFER_START),
+            write,
             max,
             closed,
             finishing: false,
