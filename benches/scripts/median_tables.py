@@ -33,9 +33,12 @@ def tables(path):
         t = out[section]
         # The row's identity: the header's first column plus every non-numeric cell before the
         # first measurement after it.
+        # Columns headed "offered ..." (an open-loop rate) name the row too: rows at 20k and at
+        # 50k offered are different rows, not runs of one.
         key = [cells[0]]
-        for c in cells[1:]:
-            if NUM.match(c):
+        for i, c in enumerate(cells[1:], start=1):
+            offered = i < len(header) and header[i].startswith("offered")
+            if NUM.match(c) and not offered:
                 break
             key.append(c)
         key = tuple(key)

@@ -476,7 +476,12 @@ fn request(session_id: Uuid, seq: u64) -> String {
 }
 
 struct Totals {
+    /// Round trips from the scheduled send time (open loop: the driver's lateness counts).
     hist: Mutex<Histogram<u64>>,
+    /// The same round trips from the moment the request was handed to the socket: what the
+    /// router and the network add, without the driver's own timer lateness (tokio's timer
+    /// has 1 ms resolution, so a scheduled send goes out up to ~1 ms late).
+    from_send: Mutex<Histogram<u64>>,
     done: AtomicU64,
 }
 
@@ -490,7 +495,8 @@ async fn run_viewer(
     totals: Arc<Totals>,
 ) {
     let (mut tx, mut rx) = pair.viewer.split();
-    let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::new(Mutex::new(VecDeque::new()));
+    // (scheduled, handed to the socket) per request in flight.
+    let sent: Arc<Mutex<VecDeque<(Instant, Instant)>>> = Arc::new(Mutex::new(VecDeque::new()));
     let inflight = Arc::new(tokio::sync::Semaphore::new(window));
     let session = pair.session;
     let sent_w = sent.clone();
@@ -504,7 +510,8 @@ async fn run_viewer(
                         return;
                     };
                     p.forget();
-                    sent_w.lock().map(|mut q| q.push_back(Instant::now())).ok();
+                    let now = Instant::now();
+                    sent_w.lock().map(|mut q| q.push_back((now, now))).ok();
                     if tx.send(Message::text(request(session, seq))).await.is_err() {
                         return;
                     }
@@ -521,7 +528,8 @@ async fn run_viewer(
                     // Send everything due (catch up after a late wake-up), one flush.
                     let now = Instant::now();
                     while next <= now && next < deadline {
-                        sent_w.lock().map(|mut q| q.push_back(next)).ok();
+                        let at = Instant::now();
+                        sent_w.lock().map(|mut q| q.push_back((next, at))).ok();
                         if tx.feed(Message::text(request(session, seq))).await.is_err() {
                             return;
                         }
@@ -537,6 +545,7 @@ async fn run_viewer(
     });
     let drain_until = deadline + Duration::from_secs(2);
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut local_from_send = local.clone();
     let mut done = 0u64;
     loop {
         let remaining = drain_until.saturating_duration_since(Instant::now());
@@ -550,10 +559,11 @@ async fn run_viewer(
             continue;
         }
         let t = sent.lock().ok().and_then(|mut q| q.pop_front());
-        if let Some(t) = t {
+        if let Some((t, at)) = t {
             let now = Instant::now();
             if now <= deadline + Duration::from_millis(2000) {
                 let _ = local.record(now.duration_since(t).as_micros().max(1) as u64);
+                let _ = local_from_send.record(now.duration_since(at).as_micros().max(1) as u64);
                 done += 1;
             }
         }
@@ -572,6 +582,9 @@ async fn run_viewer(
     if let Ok(mut h) = totals.hist.lock() {
         let _ = h.add(&local);
     }
+    if let Ok(mut h) = totals.from_send.lock() {
+        let _ = h.add(&local_from_send);
+    }
 }
 
 /// Spreads open-loop viewers' send phases over the period.
@@ -581,8 +594,8 @@ fn rand_phase(id: Uuid) -> f64 {
 
 async fn pairs(args: &Args, key: &TicketKey) -> Result<()> {
     println!("\n## viewer<->camera pairs (one round trip = 2 routed messages, ~200-byte payloads, {} s each)\n", args.secs);
-    println!("| pairs | placement | mode | offered msgs/s | routed msgs/s | relay CPU | routed msgs per relay CPU-s | p50 ms | p99 ms | p99.9 ms |");
-    println!("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| pairs | placement | mode | offered msgs/s | routed msgs/s | relay CPU | routed msgs per relay CPU-s | p50 ms | p99 ms | p99.9 ms | p50 from send ms | p99 from send ms |");
+    println!("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut placements: Vec<&str> = if args.cluster.is_some() {
         vec!["same-node", "cross-node"]
     } else {
@@ -617,6 +630,7 @@ async fn pairs(args: &Args, key: &TicketKey) -> Result<()> {
                 let ps = setup_pairs(&relay, viewer_relay, key, m, &stop).await?;
                 let totals = Arc::new(Totals {
                     hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+                    from_send: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
                     done: AtomicU64::new(0),
                 });
                 let t0 = Instant::now();
@@ -647,8 +661,13 @@ async fn pairs(args: &Args, key: &TicketKey) -> Result<()> {
                     .lock()
                     .map_err(|_| anyhow::anyhow!("poisoned"))?;
                 let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+                let hs = totals
+                    .from_send
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?;
+                let qs = |p: f64| hs.value_at_quantile(p) as f64 / 1000.0;
                 println!(
-                "| {m} | {placement} | {} | {} | {:.0} | {:.0} % | {:.0} | {:.2} | {:.2} | {:.2} |",
+                "| {m} | {placement} | {} | {} | {:.0} | {:.0} % | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 if mode.is_some() { "open" } else { "closed" },
                 mode.map(|r| r.to_string())
                     .unwrap_or_else(|| format!("window {}", args.window)),
@@ -658,6 +677,8 @@ async fn pairs(args: &Args, key: &TicketKey) -> Result<()> {
                 q(0.5),
                 q(0.99),
                 q(0.999),
+                qs(0.5),
+                qs(0.99),
             );
                 stop.store(true, Ordering::Relaxed);
                 drop(relay.child);
