@@ -12,13 +12,32 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// The running server; killed on drop.
+/// The running server; killed on drop, and its Postgres database dropped with it (every run
+/// makes a fresh one; left behind they pile up on the shared server).
 pub struct Server {
-    _child: Child,
+    child: Child,
     pub base: String,
     /// The database URL it runs on.
     pub db_url: String,
+    /// `(server URL, database name)` of the Postgres database made for this run.
+    pg_database: Option<(String, String)>,
     _data: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some((pg, name)) = self.pg_database.take() {
+            // Synchronous: drop runs outside any await point, and the run is over anyway.
+            let _ = std::process::Command::new("psql")
+                .arg(format!("{pg}/postgres"))
+                .arg("-qc")
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// Starts `vc-control` (next to this executable) on `db` (`sqlite` or `postgres`: a fresh
@@ -32,6 +51,7 @@ pub async fn start_server(db: &str, pg: &str, extra_env: &[(&str, &str)]) -> Res
         bin.display()
     );
     let data = tempfile::tempdir()?;
+    let mut pg_database = None;
     let url = if db == "sqlite" {
         format!("sqlite://{}/bench.db?mode=rwc", data.path().display())
     } else {
@@ -43,6 +63,7 @@ pub async fn start_server(db: &str, pg: &str, extra_env: &[(&str, &str)]) -> Res
             .status()
             .await?;
         ensure!(st.success(), "CREATE DATABASE failed");
+        pg_database = Some((pg.to_owned(), name.clone()));
         format!("{pg}/{name}")
     };
     let mut child = Command::new(bin)
@@ -78,9 +99,10 @@ pub async fn start_server(db: &str, pg: &str, extra_env: &[(&str, &str)]) -> Res
     .await??;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Server {
-        _child: child,
+        child,
         base: base.context("no listening line")?,
         db_url: url,
+        pg_database,
         _data: data,
     })
 }
