@@ -601,10 +601,7 @@ async fn idle_part(args: &Args, cert: &SelfSigned) -> Result<()> {
         "\n## Idle camera links: {} per transport, {} in flight while opening, held {} s\n",
         args.n, args.concurrency, args.hold_secs
     );
-    println!(
-        "Medians of {} runs (each run in brackets), a fresh vc-relay per run.\n",
-        args.reps
-    );
+    println!("{}, a fresh vc-relay per run.\n", runs_phrase(args.reps));
     println!("| transport | established / failed | dropped by the end of the hold | relay RSS empty -> held, MiB | relay RSS per link, KiB | idle relay CPU, % of a core | handshakes/s | relay CPU-ms per handshake |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for &t in &args.transports {
@@ -898,10 +895,7 @@ async fn turn_part(args: &Args, cert: &SelfSigned, dir: &std::path::Path) -> Res
         let _ = s.child.kill().await;
     }
     println!("\n## TURN over TLS: vc-relay vs coturn (`turnutils_uclient -t -S`)\n");
-    println!(
-        "Medians of {} runs (each run in brackets), interleaved, one echo peer.\n",
-        args.reps
-    );
+    println!("{}, interleaved, one echo peer.\n", runs_phrase(args.reps));
     println!("| variant | load | coturn relayed pkts / server CPU-s | vc-relay relayed pkts / server CPU-s | ratio | coturn loss % | vc-relay loss % | UDP receive-buffer drops, coturn / vc-relay |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for v in &args.variants {
@@ -979,4 +973,13 @@ fn utc_now() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// How the tables' figures were made: "One run" or "Medians of N runs (each run in brackets)".
+fn runs_phrase(reps: usize) -> String {
+    if reps == 1 {
+        "One run".to_owned()
+    } else {
+        format!("Medians of {reps} runs (each run in brackets)")
+    }
 }
