@@ -50,6 +50,18 @@ function animate(canvas) {
 }
 
 /** The facts one peer connection's getStats() holds about the call. */
+// The stats of the selected pair, once its counters show traffic: when ICE switches to a
+// newer relay candidate just before the call ends, the new pair's first snapshot reads 0
+// bytes for a moment (getStats results are cached briefly). Up to 2 s, then whatever it says.
+async function settledFacts(pc) {
+  let f = await facts(pc);
+  for (let i = 0; i < 10 && !(f.selectedPair?.bytesReceived > 0); i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    f = await facts(pc);
+  }
+  return f;
+}
+
 async function facts(pc) {
   const stats = new Map();
   (await pc.getStats()).forEach((s) => stats.set(s.id, s));
@@ -194,7 +206,7 @@ window.turnCall = async function turnCall(cfg) {
     note('error', result.error);
   }
   result.connectionState = { sender: sender.connectionState, receiver: receiver.connectionState };
-  result.stats = { sender: await facts(sender), receiver: await facts(receiver) };
+  result.stats = { sender: await settledFacts(sender), receiver: await settledFacts(receiver) };
   stopDrawing();
   sender.close();
   receiver.close();
