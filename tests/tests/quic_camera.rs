@@ -31,13 +31,29 @@ async fn camera_over_quic_streams_and_survives_a_socket_rebind() -> Result<()> {
 struct Stack {
     _dir: tempfile::TempDir,
     cert: TestCert,
-    relay: vc_tests::Running,
+    _relay: vc_tests::Running,
     control: Control,
     jwt: String,
     device: uuid::Uuid,
     camera: vc_tests::Running,
     signaling_url: String,
     quic_url: String,
+}
+
+impl Stack {
+    /// Waits for the camera's `link` line (which must read `want`) within `within`, then for it
+    /// to be online, in its own output and in vc-control.
+    async fn until_online(&self, want: &str, within: Duration) -> Result<()> {
+        let link = self.camera.wait_line("link ", within).await?;
+        ensure!(link == want, "{link}");
+        self.camera
+            .wait_line("online ", Duration::from_secs(15))
+            .await?;
+        self.control
+            .wait_status(&self.jwt, self.device, "online")
+            .await?;
+        Ok(())
+    }
 }
 
 async fn stack(uid: &str, quic_url: Option<String>) -> Result<Stack> {
@@ -133,7 +149,7 @@ async fn stack(uid: &str, quic_url: Option<String>) -> Result<Stack> {
     Ok(Stack {
         _dir: dir,
         cert,
-        relay,
+        _relay: relay,
         control,
         jwt,
         device,
@@ -155,24 +171,15 @@ async fn fallback() -> Result<()> {
     // a firewall that drops UDP.
     let blackhole = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let quic_url = format!("quic://localhost:{}", blackhole.local_addr()?.port());
-    // Every part is kept to the end: dropping the temp dir would delete the camera's CA file.
-    let Stack {
-        _dir,
-        cert,
-        control,
-        jwt,
-        device,
-        camera,
-        signaling_url,
-        relay,
-        ..
-    } = stack("VC-WSS-1", Some(quic_url)).await?;
+    let s = stack("VC-WSS-1", Some(quic_url)).await?;
     // The camera gives QUIC its 5 s handshake deadline, then links over wss://.
-    let link = camera.wait_line("link ", Duration::from_secs(20)).await?;
-    ensure!(link == format!("link ws {signaling_url}"), "{link}");
-    camera.wait_line("online ", Duration::from_secs(15)).await?;
-    control.wait_status(&jwt, device, "online").await?;
-    let ticket = || control.viewer_ticket(&jwt, device);
+    s.until_online(
+        &format!("link ws {}", s.signaling_url),
+        Duration::from_secs(20),
+    )
+    .await?;
+    let (camera, control, jwt, device, cert) = (&s.camera, &s.control, &s.jwt, s.device, &s.cert);
+    let ticket = || control.viewer_ticket(jwt, device);
     let mut viewer =
         viewer_until_online_wss(ticket, device, Duration::from_secs(15), &cert.der).await?;
     viewer.frames(20).await?;
@@ -182,30 +189,20 @@ async fn fallback() -> Result<()> {
         out.iter().filter(|l| l.starts_with("link ")).count() == 1,
         "the camera relinked: {out:#?}"
     );
-    drop(relay);
     Ok(())
 }
 
 async fn flow() -> Result<()> {
-    // Every part is kept to the end: dropping the temp dir would delete the camera's CA file.
-    let Stack {
-        _dir,
-        cert,
-        control,
-        jwt,
-        device,
-        camera,
-        quic_url,
-        relay: _relay,
-        ..
-    } = stack("VC-QUIC-1", None).await?;
+    let s = stack("VC-QUIC-1", None).await?;
     // `auto` picks QUIC because the ticket offers it.
-    let link = camera.wait_line("link ", Duration::from_secs(15)).await?;
-    ensure!(link == format!("link quic {quic_url}"), "{link}");
-    camera.wait_line("online ", Duration::from_secs(15)).await?;
-    control.wait_status(&jwt, device, "online").await?;
+    s.until_online(
+        &format!("link quic {}", s.quic_url),
+        Duration::from_secs(15),
+    )
+    .await?;
+    let (camera, control, jwt, device, cert) = (&s.camera, &s.control, &s.jwt, s.device, &s.cert);
 
-    let ticket = || control.viewer_ticket(&jwt, device);
+    let ticket = || control.viewer_ticket(jwt, device);
     let mut viewer =
         viewer_until_online_wss(ticket, device, Duration::from_secs(15), &cert.der).await?;
     let before = viewer.frames(20).await?;
